@@ -1,0 +1,66 @@
+"""What unime needs to know about a backbone family, in one small object per family."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from unime.config import CONTENT_SLOT, TEXT_SLOT, UniMEConfig
+
+# The E5-V / UniME one-word summary prompts (method.md, "Embedding extraction").
+TEXT_BODY = f"{TEXT_SLOT}\nSummary above sentence in one word:"
+IMAGE_BODY = "{image}\nSummary above image in one word:"
+
+# Linear layers of the decoder that LoRA adapts by default (Llama, Mistral, Qwen2 naming).
+DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A backbone family: its image token, chat format, padding side and module layout.
+
+    Attributes:
+        family: the HF ``model_type`` this adapter serves.
+        image_token: the text that stands for one image in a prompt.
+        llm_module: dotted path, inside the loaded model, of the language model (stage 1 trains it alone).
+        vision_modules: dotted paths of the vision encoder and projector (frozen in stage 1).
+        lora_targets: names of the linear layers adapted by LoRA.
+        transformer_task: how sentence-transformers loads the model (``feature-extraction`` gives the
+            headless model; remote-code families may only offer a causal LM).
+        requires_remote_code: the architecture exists only as hub remote code.
+        image_only_processor: dotted name of a processor class to use when the family's own
+            processor cannot be built (its video slot needs torchvision).
+    """
+
+    family: str
+    image_token: str
+    llm_module: str = "language_model"
+    vision_modules: tuple[str, ...] = ("vision_tower", "multi_modal_projector")
+    lora_targets: tuple[str, ...] = DECODER_LINEARS
+    padding_side: str = "left"
+    transformer_task: str = "feature-extraction"
+    requires_remote_code: bool = False
+    image_only_processor: str | None = None
+
+    def chat(self, body: str, processor: Any = None) -> str:
+        """Wrap a prompt body in the family's chat format (one user turn, then the assistant's)."""
+        raise NotImplementedError
+
+    def default_config(self, processor: Any = None, mode: str = "sum") -> UniMEConfig:
+        """The UniME prompts for this family, rendered once and stored as plain strings."""
+        return UniMEConfig(
+            family=self.family,
+            text_prompt=self.chat(TEXT_BODY, processor),
+            image_prompt=self.chat(IMAGE_BODY.format(image=self.image_token), processor),
+            joint_prompt=self.chat(CONTENT_SLOT, processor),
+            mode=mode,
+            padding_side=self.padding_side,
+        )
+
+    def lora_target_regex(self, llm_only: bool) -> str:
+        """A peft ``target_modules`` regex: the decoder linears, of the LLM alone or of the whole model."""
+        names = "|".join(self.lora_targets)
+        module = re.escape(self.llm_module)
+        scope = rf"(.*\.)?{module}\..*" if llm_only else ".*"
+        return rf"{scope}\.({names})"

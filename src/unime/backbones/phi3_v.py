@@ -1,0 +1,24 @@
+"""Phi-3.5-V: hub remote code only, loaded as a causal LM whose last hidden state is pooled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unime.backbones.base import Backbone
+
+
+class Phi3VBackbone(Backbone):
+    def chat(self, body: str, processor: Any = None) -> str:
+        # Official: '<|user|>\n<|image_1|>\nSummary above image in one word:<|end|>\n<|assistant|>\n'
+        return f"<|user|>\n{body}<|end|>\n<|assistant|>\n"
+
+
+BACKBONE = Phi3VBackbone(
+    family="phi3_v",
+    image_token="<|image_1|>",
+    llm_module="model.layers",
+    vision_modules=("model.vision_embed_tokens",),
+    lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    transformer_task="text-generation",
+    requires_remote_code=True,
+)

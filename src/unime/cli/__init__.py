@@ -1,0 +1,60 @@
+"""The ``unime`` command line: one sub-command per module in this package.
+
+Each sub-command lives in its own module exposing ``register(subparsers)``; the module is imported
+only when the command line is built, and heavy imports (torch, transformers) happen inside the
+handlers, so ``unime --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# (module, description) in the order shown by --help.
+_COMMANDS = (
+    "encode",
+    "make_tiny",
+)
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from unime import __version__
+
+    parser = argparse.ArgumentParser(prog="unime", description="UniME universal multimodal embeddings.")
+    parser.add_argument("--version", action="version", version=f"unime {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in _COMMANDS:
+        importlib.import_module(f"unime.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        result = args.func(args)
+    except CLIError as error:
+        print(f"unime {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as error:
+        # Errors raised by the library for bad input carry the file / row / option in their text.
+        print(f"unime {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

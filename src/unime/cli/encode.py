@@ -1,0 +1,78 @@
+"""``unime encode``: embed the rows of a JSONL file into a .npy matrix, in input order."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "encode",
+        help="embed texts, images and both from a JSONL file",
+        description='Embed rows {"text": ..., "image": ..., "instruction": ...} of a JSONL file. Image '
+        "paths are relative to the JSONL's folder. Output: a float32 .npy matrix, one unit row per input row.",
+    )
+    parser.add_argument("--model", required=True, help="unime model folder, UniME checkpoint, MLLM or hub id")
+    parser.add_argument("--input", required=True, help="rows.jsonl")
+    parser.add_argument("--output", required=True, help="embeddings .npy")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"])
+    parser.add_argument("--mode", default=None, choices=["sum", "joint"], help="override the saved mode")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Parse and validate every row first, so a bad row fails before any model work."""
+    from unime.inputs import to_input
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--input {path}: file not found")
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected an object with text / image / instruction")
+            if row.get("image"):
+                image = Path(row["image"])
+                row["image"] = str(image if image.is_absolute() else path.parent / image)
+                if not Path(row["image"]).is_file():
+                    raise FileNotFoundError(f"{where}: image file not found: {row['image']}")
+            to_input(row, where=where)  # validates keys and types
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no rows to embed")
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import unime
+
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    rows = read_rows(Path(args.input))
+    model = unime.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device,
+                       dtype=args.dtype, mode=args.mode)
+    # encode sorts by length for less padding and returns rows in input order.
+    embeddings = model.encode(rows, batch_size=args.batch_size, show_progress_bar=not args.no_progress)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp.npy")
+    np.save(tmp, np.asarray(embeddings, dtype=np.float32))
+    tmp.replace(output)
+    print(f"wrote {output}: {len(rows)} x {embeddings.shape[1]}")
+    return 0

@@ -1,0 +1,220 @@
+"""Encoding for evaluation: each unique input once, optionally persisted and shared across ranks.
+
+Benchmarks repeat inputs heavily: every MMEB classification query carries the same label set, a
+retrieval image has five captions pointing at it, SugarCrepe reuses its COCO images across splits.
+:func:`encode_unique` embeds each distinct input once and scatters the rows back.
+
+:class:`CachedEncoder` wraps a model with the same ``encode`` contract and adds two things the
+command line needs on long runs: embeddings are written chunk by chunk to ``safetensors`` files so
+an interrupted run resumes where it stopped, and under ``torchrun`` each rank encodes its shard of
+every chunk and the rows are exchanged with ``all_gather``, so N processes encode N times faster
+and all of them end up with every embedding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unime.evaluation.common import EvalInput, input_key
+
+logger = logging.getLogger(__name__)
+
+_MANIFEST = "manifest.json"
+
+
+def encode_checked(model: Any, items: Sequence[EvalInput], batch_size: int, show_progress_bar: bool) -> np.ndarray:
+    """Call ``model.encode`` and check the result is a finite float32 ``[len(items), d]`` matrix."""
+    if not items:
+        raise ValueError("nothing to encode")
+    embeddings = model.encode(list(items), batch_size=batch_size, show_progress_bar=show_progress_bar)
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(items):
+        raise ValueError(f"model.encode returned shape {embeddings.shape} for {len(items)} inputs; expected [n, d]")
+    if not np.isfinite(embeddings).all():
+        raise ValueError("model.encode returned non-finite values")
+    return embeddings
+
+
+def deduplicate(items: Sequence[EvalInput]) -> tuple[list[EvalInput], np.ndarray]:
+    """Return the distinct inputs in first-seen order and, per item, the row of its distinct input."""
+    rows: dict[str, int] = {}
+    unique: list[EvalInput] = []
+    inverse = np.empty(len(items), dtype=np.int64)
+    for position, item in enumerate(items):
+        key = input_key(item)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = len(unique)
+            unique.append(item)
+        inverse[position] = row
+    return unique, inverse
+
+
+def encode_unique(
+    model: Any, items: Sequence[EvalInput], batch_size: int = 32, show_progress_bar: bool = False
+) -> np.ndarray:
+    """Embed ``items`` ([n, d] rows in order), running the model once per distinct input."""
+    unique, inverse = deduplicate(items)
+    return encode_checked(model, unique, batch_size, show_progress_bar)[inverse]
+
+
+def _digest(item: EvalInput) -> bytes:
+    return hashlib.sha1(input_key(item).encode("utf-8")).digest()
+
+
+def distributed_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised torch.distributed group, else ``(0, 1)``."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # torch built without distributed support
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (or without torch.distributed): the one process that writes files."""
+    return distributed_world()[0] == 0
+
+
+def _all_gather_rows(local: np.ndarray, total: int, per_rank: int) -> np.ndarray:
+    """Concatenate every rank's ``local`` rows (rank order) and keep the first ``total`` rows."""
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    # A rank whose shard is empty does not know d: agree on it first.
+    dim = torch.tensor([local.shape[1] if local.size else 0], device=device)
+    dist.all_reduce(dim, op=dist.ReduceOp.MAX)
+    padded = torch.zeros(per_rank, int(dim.item()), dtype=torch.float32, device=device)
+    if local.size:
+        padded[: local.shape[0]] = torch.from_numpy(local).to(device)
+    shards = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(shards, padded)
+    return torch.cat(shards).cpu().numpy()[:total]
+
+
+class CachedEncoder:
+    """A model wrapper that persists embeddings per input and shares the encoding across ranks.
+
+    Args:
+        model: anything with the contract's ``encode(inputs, batch_size=, show_progress_bar=)``.
+        cache_dir: folder for ``chunk-*.safetensors`` files (``keys``: sha1 of each input's
+            canonical key, ``embeddings``: its row); None keeps everything in memory.
+        model_id: written to the folder's manifest; a cache written for another model is refused
+            rather than silently mixed.
+        distributed: shard each chunk over the torch.distributed ranks; None means "if a process
+            group with more than one rank is initialised".
+        chunk_size: inputs per chunk: the unit of resumption and of the exchange between ranks.
+
+    Inputs must be strings or dicts of strings (image PATHS), so that they can be keyed.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        model_id: str = "",
+        distributed: bool | None = None,
+        chunk_size: int = 1024,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.model = model
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.model_id = model_id
+        self.distributed = distributed_world()[1] > 1 if distributed is None else distributed
+        self.chunk_size = chunk_size
+        self.encoded = 0  # inputs this process sent to the model itself, for logs and tests
+        self._chunks: list[np.ndarray] = []
+        self._where: dict[bytes, tuple[int, int]] = {}
+        if self.cache_dir is not None:
+            self._open_cache()
+
+    def _open_cache(self) -> None:
+        from safetensors.numpy import load_file
+
+        assert self.cache_dir is not None
+        manifest_path = self.cache_dir / _MANIFEST
+        if manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if manifest.get("model_id") != self.model_id:
+                raise ValueError(
+                    f"{self.cache_dir}: cached embeddings belong to model '{manifest.get('model_id')}', "
+                    f"not '{self.model_id}'; choose another output folder or start afresh (--overwrite)"
+                )
+        for path in sorted(self.cache_dir.glob("chunk-*.safetensors")):
+            tensors = load_file(str(path))
+            self._add_chunk(tensors["keys"], tensors["embeddings"])
+        if self._chunks:
+            logger.info("%s: %d cached embeddings", self.cache_dir, len(self._where))
+
+    def _add_chunk(self, keys: np.ndarray, embeddings: np.ndarray) -> None:
+        number = len(self._chunks)
+        self._chunks.append(embeddings)
+        for row, key in enumerate(keys):
+            self._where[key.tobytes()] = (number, row)
+
+    def _save_chunk(self, keys: np.ndarray, embeddings: np.ndarray) -> None:
+        from safetensors.numpy import save_file
+
+        assert self.cache_dir is not None
+        if not is_main_process():
+            return
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        manifest = self.cache_dir / _MANIFEST
+        if not manifest.is_file():
+            manifest.write_text(json.dumps({"model_id": self.model_id}) + "\n", encoding="utf-8")
+        target = self.cache_dir / f"chunk-{len(self._chunks) - 1:05d}.safetensors"
+        # Write then rename, so an interruption never leaves a truncated chunk behind.
+        partial = target.with_suffix(".partial")
+        save_file({"keys": keys, "embeddings": embeddings}, str(partial))
+        os.replace(partial, target)
+
+    def _encode_shared(self, items: list[EvalInput], batch_size: int, show_progress_bar: bool) -> np.ndarray:
+        """Embed ``items`` on this rank alone, or each rank its contiguous shard, then exchange."""
+        if not self.distributed:
+            self.encoded += len(items)
+            return encode_checked(self.model, items, batch_size, show_progress_bar)
+        rank, world = distributed_world()
+        per_rank = math.ceil(len(items) / world)
+        mine = items[rank * per_rank : (rank + 1) * per_rank]
+        local = encode_checked(self.model, mine, batch_size, show_progress_bar) if mine else np.zeros((0, 0))
+        self.encoded += len(mine)
+        return _all_gather_rows(local, len(items), per_rank)
+
+    def encode(
+        self, inputs: Sequence[EvalInput], batch_size: int = 32, show_progress_bar: bool = False, **_: Any
+    ) -> np.ndarray:
+        """Embed ``inputs`` ([n, d] rows in order), reusing cached rows and encoding the rest."""
+        digests = [_digest(item) for item in inputs]
+        missing: dict[bytes, EvalInput] = {}
+        for digest, item in zip(digests, inputs):
+            if digest not in self._where and digest not in missing:
+                missing[digest] = item
+        pending_keys = list(missing)
+        for start in range(0, len(pending_keys), self.chunk_size):
+            chunk_keys = pending_keys[start : start + self.chunk_size]
+            chunk_items = [missing[key] for key in chunk_keys]
+            embeddings = self._encode_shared(chunk_items, batch_size, show_progress_bar)
+            keys = np.frombuffer(b"".join(chunk_keys), dtype=np.uint8).reshape(len(chunk_keys), 20)
+            self._add_chunk(keys, embeddings)
+            if self.cache_dir is not None:
+                self._save_chunk(keys, embeddings)
+            logger.debug("encoded %d/%d new inputs", start + len(chunk_keys), len(pending_keys))
+        if not digests:
+            raise ValueError("nothing to encode")
+        return np.stack([self._chunks[c][r] for c, r in (self._where[d] for d in digests)])

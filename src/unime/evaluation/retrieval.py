@@ -1,0 +1,242 @@
+"""Zero-shot image-text retrieval: Recall@K in both directions.
+
+Layouts read by :func:`load_retrieval`:
+
+- Karpathy JSON (Flickr30K, MSCOCO): ``{"images": [{"filename", "filepath"?, "split",
+  "sentences": [{"raw"}]}]}``, one split (``test`` by default); images at
+  ``image_dir/filepath/filename``.
+- CSV / TSV / JSONL with ``image`` and ``caption`` columns; rows sharing an image are grouped.
+- ShareGPT4V (share-captioner JSON): a list of ``{"image", "conversations": [{"from": "human"},
+  {"from": "gpt", "value": caption}]}``; the first 1000 entries by default.
+- Urban1K: a folder with ``image/*.jpg`` and ``caption/*.txt`` (or both in one folder), the caption
+  file sharing the image's stem.
+
+Image-to-text counts a hit when ANY of the image's captions is in the top K; text-to-image when the
+caption's image is. Ties are resolved against the model: a positive at rank r means r other items
+score at least as high, so identical embeddings give R@K = 0 rather than a lucky 100.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unime.evaluation.common import (
+    dataset_name,
+    make_input,
+    percent,
+    read_records,
+    require_fields,
+    resolve_image,
+)
+from unime.evaluation.encoding import encode_unique
+
+RECALL_AT = (1, 5, 10)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Keeps the similarity block under about 64 MB of float32 whatever the dataset size.
+_BLOCK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class RetrievalDataset:
+    """Images, captions and, per caption, the index of its image."""
+
+    name: str
+    images: list[str]
+    captions: list[str]
+    caption_image: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.caption_image = np.asarray(self.caption_image, dtype=np.int64)
+        if not self.images or not self.captions:
+            raise ValueError(f"retrieval dataset '{self.name}' has no images or no captions")
+        if self.caption_image.shape != (len(self.captions),):
+            raise ValueError(f"retrieval dataset '{self.name}': caption_image needs one entry per caption")
+        if self.caption_image.min() < 0 or self.caption_image.max() >= len(self.images):
+            raise ValueError(f"retrieval dataset '{self.name}': caption_image points outside the images")
+        without = np.setdiff1d(np.arange(len(self.images)), self.caption_image)
+        if without.size:
+            raise ValueError(f"retrieval dataset '{self.name}': image {self.images[without[0]]} has no caption")
+
+    @classmethod
+    def from_pairs(cls, name: str, pairs: Sequence[tuple[str, str]]) -> RetrievalDataset:
+        """Group ``(image_path, caption)`` pairs by image, images in first-seen order."""
+        index: dict[str, int] = {}
+        captions, owners = [], []
+        for image, caption in pairs:
+            owners.append(index.setdefault(image, len(index)))
+            captions.append(caption)
+        return cls(name, list(index), captions, np.asarray(owners, dtype=np.int64))
+
+
+def _karpathy(path: Path, image_dir: Path, split: str) -> list[tuple[str, str]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    pairs = []
+    for row, entry in enumerate(data["images"]):
+        where = f"{path}: images[{row}]"
+        require_fields(entry, ("filename", "split", "sentences"), where)
+        if entry["split"] != split:
+            continue
+        relative = os.path.join(entry.get("filepath") or "", entry["filename"])
+        image = resolve_image(image_dir, relative, f"{where}: filename")
+        for number, sentence in enumerate(entry["sentences"]):
+            require_fields(sentence, ("raw",), f"{where}: sentences[{number}]")
+            pairs.append((image, sentence["raw"].strip()))
+    if not pairs:
+        raise ValueError(f"{path}: no images in split '{split}' (--split)")
+    return pairs
+
+
+def _table(path: Path, image_dir: Path) -> list[tuple[str, str]]:
+    pairs = []
+    for line, row in read_records(path):
+        where = f"{path}: line {line}"
+        require_fields(row, ("image", "caption"), where)
+        pairs.append((resolve_image(image_dir, str(row["image"]), f"{where}: image"), str(row["caption"])))
+    return pairs
+
+
+def _sharegpt4v(path: Path, image_dir: Path, limit: int) -> list[tuple[str, str]]:
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of ShareGPT4V entries")
+    pairs = []
+    for row, entry in enumerate(entries[:limit]):
+        where = f"{path}: entry {row}"
+        require_fields(entry, ("image", "conversations"), where)
+        answers = [turn.get("value") for turn in entry["conversations"] if turn.get("from") == "gpt"]
+        if not answers or not answers[0]:
+            raise ValueError(f"{where}: conversations has no 'gpt' turn with a caption")
+        pairs.append((resolve_image(image_dir, entry["image"], f"{where}: image"), answers[0].strip()))
+    return pairs
+
+
+def _natural_key(path: Path) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.stem)]
+
+
+def _urban1k(folder: Path) -> list[tuple[str, str]]:
+    image_folder, caption_folder = folder, folder
+    if (folder / "image").is_dir() and (folder / "caption").is_dir():
+        image_folder, caption_folder = folder / "image", folder / "caption"
+    images = sorted((p for p in image_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+    if not images:
+        raise FileNotFoundError(f"{image_folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    pairs = []
+    for image in images:
+        caption_file = caption_folder / f"{image.stem}.txt"
+        if not caption_file.is_file():
+            raise FileNotFoundError(f"{folder}: image {image.name} has no caption file {caption_file}")
+        pairs.append((str(image.resolve()), caption_file.read_text(encoding="utf-8").strip()))
+    return pairs
+
+
+def detect_format(path: Path) -> str:
+    """``urban1k`` for a folder, ``table`` for CSV/TSV/JSONL, ``karpathy`` or ``sharegpt4v`` for JSON."""
+    if path.is_dir():
+        return "urban1k"
+    if path.suffix.lower() in (".csv", ".tsv", ".jsonl"):
+        return "table"
+    if path.suffix.lower() == ".json":
+        with open(path, encoding="utf-8") as handle:
+            head = handle.read(4096).lstrip()
+        return "sharegpt4v" if head.startswith("[") else "karpathy"
+    raise ValueError(f"{path}: cannot tell the retrieval layout from the name; pass the format explicitly")
+
+
+def load_retrieval(
+    path: str | os.PathLike[str],
+    image_dir: str | os.PathLike[str] | None = None,
+    *,
+    fmt: str = "auto",
+    split: str = "test",
+    limit: int = 1000,
+    name: str | None = None,
+) -> RetrievalDataset:
+    """Read a retrieval dataset in any layout of the module docstring.
+
+    ``image_dir`` defaults to the data file's folder; ``split`` applies to Karpathy files and
+    ``limit`` to ShareGPT4V (the paper uses its first 1000 entries).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"retrieval data {path} does not exist")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    image_root = Path(image_dir) if image_dir is not None else path.parent
+    if fmt == "karpathy":
+        pairs = _karpathy(path, image_root, split)
+    elif fmt == "table":
+        pairs = _table(path, image_root)
+    elif fmt == "sharegpt4v":
+        pairs = _sharegpt4v(path, image_root, limit)
+    elif fmt == "urban1k":
+        pairs = _urban1k(path)
+    else:
+        raise ValueError(f"unknown retrieval format '{fmt}' (karpathy, table, sharegpt4v, urban1k)")
+    if not pairs:
+        raise ValueError(f"{path}: no image-caption pairs")
+    default_name = "sharegpt4v" if fmt == "sharegpt4v" else dataset_name(path)
+    return RetrievalDataset.from_pairs(name or default_name, pairs)
+
+
+def _ranks_text_to_image(text: np.ndarray, image: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Per caption, how many OTHER images score at least as high as its own."""
+    ranks = np.empty(len(text), dtype=np.int64)
+    step = max(1, _BLOCK_ELEMENTS // len(image))
+    for start in range(0, len(text), step):
+        scores = text[start : start + step] @ image.T
+        positive = scores[np.arange(len(scores)), owner[start : start + step]]
+        ranks[start : start + step] = (scores >= positive[:, None]).sum(axis=1) - 1
+    return ranks
+
+
+def _ranks_image_to_text(text: np.ndarray, image: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Per image, how many captions of OTHER images score at least as high as its best caption."""
+    ranks = np.empty(len(image), dtype=np.int64)
+    step = max(1, _BLOCK_ELEMENTS // len(text))
+    for start in range(0, len(image), step):
+        scores = image[start : start + step] @ text.T
+        own = owner[None, :] == np.arange(start, start + len(scores))[:, None]
+        best = np.where(own, scores, -np.inf).max(axis=1)
+        ranks[start : start + step] = ((scores >= best[:, None]) & ~own).sum(axis=1)
+    return ranks
+
+
+def recall_at_k(
+    text_embeddings: np.ndarray, image_embeddings: np.ndarray, caption_image: np.ndarray, ks: Sequence[int] = RECALL_AT
+) -> dict[str, float]:
+    """``{"i2t_R@k", "t2i_R@k"}`` percentages from caption and image embeddings (dot product)."""
+    t2i = _ranks_text_to_image(text_embeddings, image_embeddings, caption_image)
+    i2t = _ranks_image_to_text(text_embeddings, image_embeddings, caption_image)
+    metrics = {f"i2t_R@{k}": percent(int((i2t < k).sum()), len(i2t)) for k in ks}
+    metrics.update({f"t2i_R@{k}": percent(int((t2i < k).sum()), len(t2i)) for k in ks})
+    return metrics
+
+
+def evaluate_retrieval(
+    model: Any, datasets: Sequence[RetrievalDataset], batch_size: int = 32, show_progress_bar: bool = False
+) -> dict[str, float]:
+    """R@1/5/10 both ways per dataset (``retrieval/<name>/i2t_R@1`` ...) and ``retrieval/mean_R@1``.
+
+    ``retrieval/mean_R@1`` averages R@1 over both directions and all datasets: one number to
+    select checkpoints on.
+    """
+    metrics: dict[str, float] = {}
+    r_at_1 = []
+    for dataset in datasets:
+        inputs = [make_input(None, image) for image in dataset.images] + list(dataset.captions)
+        embeddings = encode_unique(model, inputs, batch_size, show_progress_bar)
+        n = len(dataset.images)
+        scores = recall_at_k(embeddings[n:], embeddings[:n], dataset.caption_image)
+        metrics.update({f"retrieval/{dataset.name}/{key}": value for key, value in scores.items()})
+        r_at_1 += [scores["i2t_R@1"], scores["t2i_R@1"]]
+    if r_at_1:
+        metrics["retrieval/mean_R@1"] = float(np.mean(r_at_1))
+    return metrics

@@ -1,0 +1,99 @@
+"""Resumable MMEB runs: per-dataset results and embeddings cached beside the report.
+
+The pure evaluator (:func:`unime.evaluation.mmeb.score_mmeb_dataset`) knows nothing of files. This
+module wraps the model in a :class:`~unime.evaluation.encoding.CachedEncoder` per dataset (its
+embeddings land in ``<cache>/<dataset>/chunk-*.safetensors``), stores each dataset's score in
+``<cache>/<dataset>/result.json`` once it is known, and on a second run skips finished datasets and
+re-encodes nothing already cached. Under ``torchrun`` every rank runs this code; encoding is
+sharded by the wrapper and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unime.evaluation.encoding import CachedEncoder, distributed_world, is_main_process
+from unime.evaluation.mmeb import discover_mmeb, load_mmeb_dataset, score_mmeb_dataset, summarize_mmeb
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+
+
+def _fingerprint(model_id: str, folder: Path, image_dir: Path) -> str:
+    """Identifies (model, dataset files, image root): a stored score is reused only if all match."""
+    files = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.parquet"))]
+    blob = json.dumps({"model": model_id, "images": str(image_dir.resolve()), "files": files})
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
+
+
+def _barrier() -> None:
+    # Every rank must decide "cached or not" from the same files, before rank 0 writes new ones.
+    if distributed_world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _cached_score(path: Path, fingerprint: str) -> float | None:
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    if stored.get("fingerprint") != fingerprint:
+        logger.info("%s is stale (other model or data): scoring again", path)
+        return None
+    return float(stored["precision@1"])
+
+
+def run_mmeb(
+    model: Any,
+    data_dir: str | os.PathLike[str],
+    image_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str],
+    *,
+    names: Sequence[str] | None = None,
+    model_id: str = "",
+    batch_size: int = 32,
+    chunk_size: int = 1024,
+    overwrite: bool = False,
+    show_progress_bar: bool = False,
+) -> dict[str, float]:
+    """Evaluate ``model`` on MMEB datasets with resumption; returns :func:`summarize_mmeb` metrics.
+
+    ``model_id`` names the model in the cache (its path or hub id); ``overwrite`` drops the cache of
+    every selected dataset first.
+    """
+    data_dir, image_dir, cache_dir = Path(data_dir), Path(image_dir), Path(cache_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"MMEB image folder {image_dir} does not exist (--image-dir)")
+    scores: dict[str, float] = {}
+    for name in discover_mmeb(data_dir, names):
+        folder, store = data_dir / name, cache_dir / name
+        if overwrite and store.exists() and is_main_process():
+            shutil.rmtree(store)
+        _barrier()
+        fingerprint = _fingerprint(model_id, folder, image_dir)
+        cached = _cached_score(store / RESULT_FILE, fingerprint)
+        if cached is not None:
+            scores[name] = cached
+            logger.info("MMEB %s: precision@1 %.2f (from %s)", name, cached, store)
+            continue
+        dataset = load_mmeb_dataset(folder, image_dir, name)
+        encoder = CachedEncoder(model, store, model_id=model_id, chunk_size=chunk_size)
+        scores[name] = score_mmeb_dataset(encoder, dataset, batch_size, show_progress_bar)
+        logger.info(
+            "MMEB %s: precision@1 %.2f (%d queries, %d distinct candidates, %d inputs encoded here)",
+            name, scores[name], len(dataset.queries), len(dataset.pool), encoder.encoded,
+        )
+        if is_main_process():
+            record = {"dataset": name, "precision@1": scores[name], "fingerprint": fingerprint}
+            store.mkdir(parents=True, exist_ok=True)
+            (store / RESULT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return summarize_mmeb(scores)

@@ -1,0 +1,97 @@
+"""Typed inputs: a text, an image, or both with an instruction."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from PIL import Image, UnidentifiedImageError
+
+ImageLike = Union[Image.Image, str, os.PathLike]
+
+_ALLOWED_KEYS = frozenset({"text", "image", "instruction"})
+
+
+@dataclass(frozen=True)
+class EmbedInput:
+    """One item to embed. At least one of ``text`` and ``image`` is set.
+
+    ``instruction`` (e.g. "Represent the given image for classification") is only used together
+    with a text or an image; MMEB-style texts may carry it inline instead.
+    """
+
+    text: str | None = None
+    image: ImageLike | None = None
+    instruction: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.text is None and self.image is None:
+            raise ValueError("an input needs a text or an image (or both)")
+        if self.text is not None and not isinstance(self.text, str):
+            raise ValueError(f"'text' must be a string, got {type(self.text).__name__}")
+        if self.text is not None and not self.text.strip() and self.image is None:
+            raise ValueError("empty text: there is nothing to embed")
+        if self.instruction is not None and not isinstance(self.instruction, str):
+            raise ValueError(f"'instruction' must be a string, got {type(self.instruction).__name__}")
+        if self.image is not None and not isinstance(self.image, (Image.Image, str, os.PathLike)):
+            raise ValueError(f"'image' must be a PIL image or a path, got {type(self.image).__name__}")
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+    @property
+    def has_text(self) -> bool:
+        return self.text is not None and bool(self.text.strip())
+
+
+def to_input(item: Any, where: str = "input") -> EmbedInput:
+    """Turn a string, a PIL image, a dict or an :class:`EmbedInput` into an :class:`EmbedInput`.
+
+    A bare string is a text (never a path): images given by path go in a dict's ``image`` key.
+    ``where`` names the item in error messages (e.g. ``"rows.jsonl line 3"``).
+    """
+    try:
+        if isinstance(item, EmbedInput):
+            return item
+        if isinstance(item, str):
+            return EmbedInput(text=item)
+        if isinstance(item, Image.Image):
+            return EmbedInput(image=item)
+        if isinstance(item, dict):
+            unknown = set(item) - _ALLOWED_KEYS
+            if unknown:
+                raise ValueError(f"unknown keys {sorted(unknown)}; allowed: {sorted(_ALLOWED_KEYS)}")
+            image = item.get("image")
+            if image == "":
+                image = None
+            return EmbedInput(text=item.get("text"), image=image, instruction=item.get("instruction"))
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    raise ValueError(f"{where}: cannot embed an object of type {type(item).__name__}")
+
+
+def load_image(image: ImageLike, where: str = "input", size: int | None = None) -> Image.Image:
+    """Open an image as RGB, with an error that names the item and the file when it fails.
+
+    ``size`` resizes to a square of that many pixels (the paper trains at 336 x 336).
+    """
+    if isinstance(image, Image.Image):
+        result = image
+    else:
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: image file not found: {path}")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                result = opened.copy()
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"{where}: cannot read image {path}: {error}") from None
+    if result.mode != "RGB":
+        result = result.convert("RGB")
+    if size is not None and result.size != (size, size):
+        result = result.resize((size, size), Image.BICUBIC)
+    return result

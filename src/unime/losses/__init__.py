@@ -1,0 +1,34 @@
+"""The UniME losses: pure functions on embeddings, and the sentence-transformers losses built on them.
+
+- :func:`similarity_kl` / :class:`SimilarityKLLoss`: stage 1, textual knowledge distillation.
+- :func:`hard_negative_infonce` / :class:`HardNegativeInfoNCELoss`: stage 2, InfoNCE with false-negative
+  filtering and hard-negative mining (:func:`mine_negatives`).
+- :func:`gather_with_grad`: the one cross-device gather the losses use.
+"""
+
+from __future__ import annotations
+
+from unime.losses.distributed import gather_with_grad, global_mean
+from unime.losses.hard_negative import (
+    NEGATIVE_MODES,
+    HardNegativeInfoNCELoss,
+    MiningResult,
+    hard_negative_infonce,
+    mine_negatives,
+    mining_statistics,
+)
+from unime.losses.similarity_kl import DIRECTIONS, SimilarityKLLoss, similarity_kl
+
+__all__ = [
+    "DIRECTIONS",
+    "NEGATIVE_MODES",
+    "HardNegativeInfoNCELoss",
+    "MiningResult",
+    "SimilarityKLLoss",
+    "gather_with_grad",
+    "global_mean",
+    "hard_negative_infonce",
+    "mine_negatives",
+    "mining_statistics",
+    "similarity_kl",
+]

@@ -1,0 +1,278 @@
+"""UniME embedding models as sentence-transformers models.
+
+A UniME model is ``UniMETransformer -> Pooling("lasttoken") -> Normalize``. The input module does
+what UniME adds to the library: it renders each input into the backbone's UniME prompt (the
+official strings for Phi-3.5-V and LLaVA-1.6), loads images, and calls the processor; the forward
+pass, pooling, saving and training machinery are sentence-transformers'.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Normalize, Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+from transformers import ProcessorMixin
+
+from unime.backbones import Backbone, get_backbone
+from unime.config import CONTENT_SLOT, MMEB_IMAGE_PLACEHOLDER, TEXT_SLOT, UniMEConfig
+from unime.inputs import EmbedInput, load_image, to_input
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def read_model_type(name_or_path: str, trust_remote_code: bool = False) -> str:
+    """The ``model_type`` of a model folder, hub id or LoRA adapter folder, without loading weights."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        adapter = path / "adapter_config.json"
+        if adapter.is_file() and not (path / "config.json").is_file():
+            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+            if not base:
+                raise ValueError(f"{adapter}: no base_model_name_or_path, cannot find the base model")
+            return read_model_type(base, trust_remote_code)
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{name_or_path}: no config.json (not a model folder)")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    else:
+        if path.exists() or str(name_or_path).startswith((".", "/")):
+            raise FileNotFoundError(f"model path not found: {name_or_path}")
+        from huggingface_hub import hf_hub_download
+
+        model_type = json.loads(Path(hf_hub_download(str(name_or_path), "config.json")).read_text()).get(
+            "model_type"
+        )
+    if not model_type:
+        raise ValueError(f"{name_or_path}: config.json has no model_type")
+    return model_type
+
+
+class UniMETransformer(Transformer):
+    """The sentence-transformers input module of a UniME model.
+
+    Args:
+        model_name_or_path: model folder, hub id or LoRA adapter folder.
+        unime: a saved :class:`~unime.config.UniMEConfig` as a dict; the family's defaults when None.
+        **kwargs: passed to :class:`sentence_transformers.base.modules.Transformer`.
+    """
+
+    config_keys = [*Transformer.config_keys, "unime"]
+
+    def __init__(self, model_name_or_path: str, *, unime: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        trust = bool((kwargs.get("model_kwargs") or {}).get("trust_remote_code"))
+        family = unime["family"] if unime else read_model_type(model_name_or_path, trust)
+        backbone = get_backbone(family)
+        if backbone.requires_remote_code and not trust:
+            raise ValueError(
+                f"{model_name_or_path}: the {family} architecture exists only as hub remote code; "
+                "load it with trust_remote_code=True (CLI: --trust-remote-code) if you trust the repository"
+            )
+        # Pooling reads the last position itself, so every modality uses the same forward output.
+        output = "last_hidden_state" if backbone.transformer_task == "feature-extraction" else ["hidden_states", -1]
+        entry = {"method": "forward", "method_output_name": output}
+        kwargs.pop("transformer_task", None)
+        kwargs.setdefault("modality_config", {"text": dict(entry), "image": dict(entry)})
+        kwargs.setdefault("module_output_name", "token_embeddings")
+        kwargs.setdefault("unpad_inputs", False)
+        super().__init__(model_name_or_path, transformer_task=backbone.transformer_task, **kwargs)
+        self.backbone: Backbone = backbone
+        self._ensure_image_processor(model_name_or_path, kwargs.get("processor_kwargs") or {})
+        self.unime_config = (
+            UniMEConfig.from_dict(unime) if unime else backbone.default_config(self.processor)
+        )
+        self.tokenizer.padding_side = self.unime_config.padding_side
+
+    @property
+    def unime(self) -> dict[str, Any]:
+        # Read by get_config_dict through config_keys: the settings travel in sentence_bert_config.json.
+        return self.unime_config.to_dict()
+
+    def _ensure_image_processor(self, path: str, processor_kwargs: dict[str, Any]) -> None:
+        if isinstance(self.processor, ProcessorMixin) and hasattr(self.processor, "image_processor"):
+            return
+        if self.backbone.image_only_processor is None:
+            raise ValueError(f"{path}: the processor has no image processor; images cannot be embedded")
+        module_name, class_name = self.backbone.image_only_processor.rsplit(".", 1)
+        processor_class = getattr(importlib.import_module(module_name), class_name)
+        kwargs = {k: v for k, v in processor_kwargs.items() if k != "trust_remote_code"}
+        self.processor = processor_class.from_pretrained(path, **kwargs)
+        logger.debug("using %s (the family's processor could not be built)", class_name)
+
+    @property
+    def modalities(self) -> list[Any]:
+        return list(self.modality_config)
+
+    def render(self, item: EmbedInput, where: str = "input") -> tuple[str, list[Any]]:
+        """The prompt and the images of one input, in the backbone's UniME format."""
+        config, token = self.unime_config, self.backbone.image_token
+        text = item.text.replace(MMEB_IMAGE_PLACEHOLDER, token) if item.text is not None else None
+        images = [load_image(item.image, where, config.image_size)] if item.has_image else []
+        placeholders = text.count(token) if text else 0
+        if placeholders > len(images):
+            raise ValueError(f"{where}: the text refers to an image ({token!r}) but no image was given")
+        if item.has_image and item.has_text and config.mode == "sum":
+            raise ValueError(
+                f"{where}: in 'sum' mode text and image are embedded separately; use UniMEModel.encode, "
+                "or set the model's mode to 'joint'"
+            )
+        if not item.has_image and item.instruction is None:
+            return config.text_prompt.replace(TEXT_SLOT, text), images
+        if not item.has_text and item.instruction is None:
+            return config.image_prompt, images
+        parts = []
+        if item.has_image and placeholders == 0:
+            parts.append(token)
+        if item.instruction:
+            parts.append(item.instruction)
+        if item.has_text:
+            parts.append(text)
+        return config.joint_prompt.replace(CONTENT_SLOT, "\n".join(parts)), images
+
+    def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Render, load images and run the processor. ``prompt`` acts as a default instruction."""
+        if not inputs:
+            return {}
+        prompts: list[str] = []
+        images: list[Any] = []
+        counts: list[int] = []
+        for index, raw in enumerate(inputs):
+            item = to_input(raw, where=f"input {index}")
+            if prompt and item.instruction is None:
+                item = EmbedInput(text=item.text, image=item.image, instruction=prompt)
+            text, item_images = self.render(item, where=f"input {index}")
+            prompts.append(text)
+            images.extend(item_images)
+            counts.append(len(item_images))
+        call = {"text": prompts, "padding": True, "return_tensors": "pt"}
+        if images:
+            call["images"] = images
+        features = dict(self.processor(**call))
+        if images:
+            # Lets the GradCache engine slice image tensors per mini-batch.
+            features["num_images_per_sample"] = torch.tensor(counts, dtype=torch.long)
+        features["modality"] = "image" if images else "text"
+        if self.transformer_task in ("text-generation", "any-to-any"):
+            features["logits_to_keep"] = 1
+        return features
+
+
+class UniMEModel(SentenceTransformer):
+    """A sentence-transformers model whose ``encode`` embeds texts, images and both, the UniME way.
+
+    ``encode`` accepts strings (texts), PIL images and dicts with ``text`` / ``image`` (PIL image or
+    path) / ``instruction``, and returns unit-norm float32 rows. In ``sum`` mode an input with both
+    text and image is the normalised sum of its two embeddings.
+    """
+
+    _module_classes = {"unime.modeling.UniMETransformer": UniMETransformer}
+
+    @property
+    def unime_config(self) -> UniMEConfig:
+        return self[0].unime_config
+
+    @property
+    def backbone(self) -> Backbone:
+        return self[0].backbone
+
+    def set_mode(self, mode: str) -> None:
+        """Switch between ``sum`` and ``joint`` for inputs with both text and image (saved with the model)."""
+        self[0].unime_config = UniMEConfig.from_dict({**self.unime_config.to_dict(), "mode": mode})
+
+    def encode(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        single = not isinstance(inputs, (list, tuple))
+        items = [to_input(x, where=f"input {i}") for i, x in enumerate([inputs] if single else inputs)]
+        if self.unime_config.mode != "sum" or not any(x.has_image and x.has_text for x in items):
+            result = super().encode(items, *args, **kwargs)
+            return result[0] if single else result
+        # Sum mode: each part with its own prompt, then the normalised sum (the paper's stage-1 inference).
+        flat: list[EmbedInput] = []
+        owner: list[int] = []
+        for index, item in enumerate(items):
+            parts = [item]
+            if item.has_image and item.has_text:
+                # The image is embedded on its own, so its placeholder leaves the text.
+                text = item.text.replace(MMEB_IMAGE_PLACEHOLDER, "").strip() or None
+                image_part = EmbedInput(image=item.image)
+                parts = [image_part] if text is None else [EmbedInput(text=text, instruction=item.instruction), image_part]
+            flat.extend(parts)
+            owner.extend([index] * len(parts))
+        want_tensor = kwargs.pop("convert_to_tensor", False)
+        kwargs["convert_to_numpy"] = False
+        parts = super().encode(flat, *args, convert_to_tensor=True, **kwargs).float()
+        summed = torch.zeros(len(items), parts.shape[1], dtype=parts.dtype, device=parts.device)
+        summed.index_add_(0, torch.tensor(owner, device=parts.device), parts)
+        if self.unime_config.normalize:
+            summed = torch.nn.functional.normalize(summed, dim=-1)
+        result: Any = summed if want_tensor else summed.cpu().numpy().astype(np.float32)
+        return result[0] if single else result
+
+
+def build_model(
+    name_or_path: str,
+    *,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    unime: dict[str, Any] | None = None,
+) -> UniMEModel:
+    """Wrap a HF MLLM folder / hub id / LoRA adapter folder as a new UniME model."""
+    model_kwargs = dict(model_kwargs or {})
+    if dtype is not None:
+        model_kwargs["dtype"] = _DTYPES[dtype]
+    if trust_remote_code:
+        model_kwargs["trust_remote_code"] = True
+    module = UniMETransformer(
+        name_or_path,
+        unime=unime,
+        model_kwargs=model_kwargs,
+        processor_kwargs={"trust_remote_code": True} if trust_remote_code else {},
+        config_kwargs={"trust_remote_code": True} if trust_remote_code else {},
+    )
+    pooling = Pooling(module.get_embedding_dimension(), pooling_mode="lasttoken")
+    modules = [module, pooling] + ([Normalize()] if module.unime_config.normalize else [])
+    return UniMEModel(modules=modules, device=device)
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    mode: str | None = None,
+    **kwargs: Any,
+) -> UniMEModel:
+    """See :func:`unime.load`."""
+    if dtype is not None and dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    path = Path(name_or_path)
+    if (path / "modules.json").is_file():
+        modules = json.loads((path / "modules.json").read_text())
+        if not modules or modules[0].get("type") != "unime.modeling.UniMETransformer":
+            raise ValueError(f"{name_or_path}: modules.json does not describe a unime model")
+        model_kwargs = dict(kwargs.pop("model_kwargs", {}) or {})
+        if dtype is not None:
+            model_kwargs["dtype"] = _DTYPES[dtype]
+        model = UniMEModel(
+            str(path), device=device, trust_remote_code=trust_remote_code, model_kwargs=model_kwargs, **kwargs
+        )
+    else:
+        model = build_model(name_or_path, trust_remote_code=trust_remote_code, device=device, dtype=dtype, **kwargs)
+        if mode is None and "unime" in path.name.lower():
+            # Released UniME checkpoints are instruction tuned (stage 2): one joint sequence.
+            mode = "joint"
+    if mode is not None:
+        model.set_mode(mode)
+    return model

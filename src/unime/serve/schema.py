@@ -1,0 +1,218 @@
+"""The ``/v1/embeddings`` request and response: OpenAI's schema plus multimodal items.
+
+A request's ``input`` is a string, a list of strings, or (the extension) objects
+``{"text", "image", "instruction"}`` alone or mixed with strings. Parsing validates every field
+by hand rather than through a schema library, so each refusal names the exact field and item
+(``input[3].image``) and the limit involved, and the cheap checks (item count, text length,
+encoded image size) all run before any image is decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from unime.serve.errors import APIError
+from unime.serve.images import RemoteFetch, load_request_image
+from unime.serve.settings import ServeSettings
+
+Item = str | dict[str, Any]
+_ITEM_KEYS = ("text", "image", "instruction")
+_FORMATS = ("float", "base64")
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """A validated request: model inputs in ``model.encode`` form and the output options."""
+
+    items: list[str | Image.Image | dict[str, Any]]
+    encoding_format: str
+    dimensions: int | None
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    """Parse the raw body into a JSON object, with the position of any syntax error."""
+    try:
+        payload = json.loads(body)
+    except UnicodeDecodeError:
+        raise APIError(400, "the request body is not UTF-8 encoded JSON") from None
+    except json.JSONDecodeError as error:
+        raise APIError(
+            400, f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}"
+        ) from None
+    if not isinstance(payload, dict):
+        raise APIError(400, f"the request body must be a JSON object, not {_kind(payload)}")
+    return payload
+
+
+def parse_embedding_request(
+    payload: dict[str, Any], settings: ServeSettings, fetch_remote: RemoteFetch | None
+) -> EmbeddingRequest:
+    """Validate a request object and decode its images. Raises :class:`APIError`."""
+    model = payload.get("model")
+    if model is not None and not isinstance(model, str):
+        raise APIError(400, f"'model' must be a string, not {_kind(model)}", param="model")
+    if model is not None and model != settings.model_name:
+        raise APIError(
+            404,
+            f"model {model!r} is not served here; this server serves {settings.model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
+    encoding_format = payload.get("encoding_format", "float")
+    if encoding_format not in _FORMATS:
+        raise APIError(
+            400,
+            f"'encoding_format' must be one of {list(_FORMATS)}, got {encoding_format!r}",
+            param="encoding_format",
+        )
+    dimensions = payload.get("dimensions")
+    if dimensions is not None and (
+        isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1
+    ):
+        raise APIError(
+            400, f"'dimensions' must be a positive integer, got {dimensions!r}", param="dimensions"
+        )
+    raw_items = _raw_items(payload, settings)
+    checked = [(_check_item(raw, param, settings), param) for raw, param in raw_items]
+    items = [_load_images(item, param, settings, fetch_remote) for item, param in checked]
+    return EmbeddingRequest(items=items, encoding_format=encoding_format, dimensions=dimensions)
+
+
+def _raw_items(payload: dict[str, Any], settings: ServeSettings) -> list[tuple[Any, str]]:
+    """The request's inputs paired with their field names, after the item-count limit."""
+    if "input" not in payload:
+        raise APIError(400, "the request has no 'input' field", param="input")
+    value = payload["input"]
+    if isinstance(value, (str, dict)):
+        return [(value, "input")]
+    if not isinstance(value, list):
+        raise APIError(
+            400,
+            f"'input' must be a string, an object or a list of them, not {_kind(value)}",
+            param="input",
+        )
+    if not value:
+        raise APIError(400, "'input' is an empty list", param="input")
+    if len(value) > settings.max_items_per_request:
+        raise APIError(
+            413,
+            f"'input' has {len(value)} items; the limit is max_items_per_request="
+            f"{settings.max_items_per_request}",
+            param="input",
+            code="max_items_per_request",
+        )
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value) or all(
+        isinstance(v, list) for v in value
+    ):
+        raise APIError(400, "token-id inputs are not supported: send text, images or objects", param="input")
+    return [(v, f"input[{i}]") for i, v in enumerate(value)]
+
+
+def _check_item(raw: Any, param: str, settings: ServeSettings) -> Item:
+    """Type and length checks of one input; images are still encoded strings here."""
+    if isinstance(raw, str):
+        return _check_text(raw, param, settings)
+    if not isinstance(raw, dict):
+        raise APIError(
+            400,
+            f"{param} must be a string or an object with text/image/instruction, not {_kind(raw)}",
+            param=param,
+        )
+    unknown = sorted(set(raw) - set(_ITEM_KEYS))
+    if unknown:
+        raise APIError(
+            400, f"{param} has unknown field(s) {unknown}; allowed: {list(_ITEM_KEYS)}", param=param
+        )
+    item: dict[str, Any] = {}
+    for key in _ITEM_KEYS:
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise APIError(400, f"{param}.{key} must be a string, not {_kind(value)}", param=f"{param}.{key}")
+        item[key] = value if key == "image" else _check_text(value, f"{param}.{key}", settings)
+    if "text" not in item and "image" not in item:
+        raise APIError(400, f"{param} needs a 'text' or an 'image'", param=param)
+    return item
+
+
+def _check_text(text: str, param: str, settings: ServeSettings) -> str:
+    if not text.strip():
+        raise APIError(400, f"{param} is empty or blank", param=param)
+    if len(text) > settings.max_text_chars:
+        raise APIError(
+            413,
+            f"{param} has {len(text)} characters; the limit is max_text_chars={settings.max_text_chars}",
+            param=param,
+            code="max_text_chars",
+        )
+    return text
+
+
+def _load_images(
+    item: Item, param: str, settings: ServeSettings, fetch_remote: RemoteFetch | None
+) -> str | Image.Image | dict[str, Any]:
+    if isinstance(item, str) or "image" not in item:
+        return item
+    image = load_request_image(
+        item["image"],
+        param=f"{param}.image",
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        fetch_remote=fetch_remote,
+    )
+    if len(item) == 1:
+        return image  # a bare image is the contract's PIL input, not a one-key dict
+    return {**item, "image": image}
+
+
+def truncate_dimensions(embeddings: np.ndarray, dimensions: int) -> np.ndarray:
+    """Keep the first ``dimensions`` components and rescale each row to unit length.
+
+    A truncated unit vector is shorter than 1, so without renormalisation dot products would no
+    longer be cosine similarities. An all-zero prefix stays zero rather than dividing by zero.
+    """
+    head = embeddings[:, :dimensions].astype(np.float32)
+    norms = np.linalg.norm(head, axis=1, keepdims=True)
+    return (head / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    """One embedding as JSON numbers, or as base64 of little-endian float32 bytes (OpenAI's form)."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.astype(np.float32).tolist()
+
+
+def build_response(
+    embeddings: np.ndarray, request: EmbeddingRequest, model_name: str, tokens: int
+) -> dict[str, Any]:
+    """The OpenAI response object for a request's embeddings (already truncated if asked)."""
+    data = [
+        {"object": "embedding", "index": i, "embedding": encode_vector(row, request.encoding_format)}
+        for i, row in enumerate(embeddings)
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": model_name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)

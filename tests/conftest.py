@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random models of the real architectures, built once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """``tiny_model_factory(family) -> Path``: a tiny random model folder, built once per family."""
+    from unime.tiny import make_tiny
+
+    built: dict[str, Path] = {}
+
+    def build(family: str) -> Path:
+        if family not in built:
+            built[family] = make_tiny(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+        return built[family]
+
+    return build
+
+
+@pytest.fixture
+def tiny_model_copy(tiny_model_factory, tmp_path):
+    """``tiny_model_copy(family) -> Path``: a private copy a test may modify."""
+
+    def copy(family: str) -> Path:
+        target = tmp_path / f"model-{family}"
+        shutil.copytree(tiny_model_factory(family), target)
+        return target
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Three small RGB images of different sizes."""
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 48), (32, 32), (50, 30))]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
