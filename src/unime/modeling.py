@@ -177,6 +177,20 @@ class UniMEModel(SentenceTransformer):
 
     _module_classes = {"unime.modeling.UniMETransformer": UniMETransformer}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Facts for the model card (base_model, datasets, recipe, results), set by training and evaluation.
+        self.card_info: dict[str, Any] = {}
+
+    def save(self, path: str, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Save weights (or the LoRA adapter), processor, UniME settings and a README model card."""
+        from unime.model_card import render_model_card
+
+        kwargs["create_model_card"] = False
+        super().save(path, *args, **kwargs)
+        card = render_model_card(self.unime_config, self.card_info, model_id=str(path))
+        Path(path, "README.md").write_text(card, encoding="utf-8")
+
     @property
     def unime_config(self) -> UniMEConfig:
         return self[0].unime_config

@@ -1,0 +1,5 @@
+import sys
+
+from unime.cli import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""The UniME embedding model: prompts, pooling, padding, modes, saving, adapters, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoProcessor
+
+import unime
+from unime.backbones import families, get_backbone
+from unime.tiny import TINY_FAMILIES
+
+OFFICIAL = {
+    "phi3_v": (
+        "<|user|>\n<|image_1|>\nSummary above image in one word:<|end|>\n<|assistant|>\n",
+        "<|user|>\n<sent>\nSummary above sentence in one word:<|end|>\n<|assistant|>\n",
+    ),
+    "llava_next": (
+        "[INST] <image>\nSummary above image in one word: [/INST]",
+        "[INST] <sent>\nSummary above sentence in one word: [/INST]",
+    ),
+}
+
+
+@pytest.mark.parametrize("family", sorted(OFFICIAL))
+def test_official_prompt_strings_are_rendered_exactly(family):
+    config = get_backbone(family).default_config()
+    assert (config.image_prompt, config.text_prompt) == OFFICIAL[family]
+    assert config.padding_side == "left"
+
+
+def test_every_required_family_has_an_adapter():
+    assert {"qwen2_vl", "qwen2_5_vl", "llava_next", "llava_onevision", "llava", "phi3_v"} <= set(families())
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_encode_text_image_and_both_gives_unit_float32_rows(tiny_model_factory, images, family):
+    model = unime.load(str(tiny_model_factory(family)))
+    assert "image" in model[0].modalities and "text" in model[0].modalities
+    inputs = [
+        "a red circle",
+        images[0],
+        {"text": "<|image_1|>\nRepresent the given image with the following question: what is it?", "image": images[1]},
+        {"text": "a blue square", "image": images[2], "instruction": "Find the matching image"},
+    ]
+    for mode in ("sum", "joint"):
+        model.set_mode(mode)
+        embeddings = model.encode(inputs, batch_size=3)
+        assert embeddings.dtype == np.float32 and embeddings.shape == (4, model.get_embedding_dimension())
+        np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def _reference_embeddings(folder, prompts, images):
+    """A hand-written HF forward: left padding, last position of the last hidden state, L2 norm."""
+    processor = AutoProcessor.from_pretrained(folder)
+    if not hasattr(processor, "image_processor"):
+        from unime import processors
+
+        classes = {
+            "qwen2_vl": processors.ImageOnlyQwen2VLProcessor,
+            "qwen2_5_vl": processors.ImageOnlyQwen2_5_VLProcessor,
+            "llava_onevision": processors.ImageOnlyLlavaOnevisionProcessor,
+        }
+        model_type = json.loads((folder / "config.json").read_text())["model_type"]
+        processor = classes[model_type].from_pretrained(folder)
+    processor.tokenizer.padding_side = "left"
+    model = AutoModel.from_pretrained(folder).eval()
+    rows = []
+    for prompt, image in zip(prompts, images):
+        kwargs = {"text": [prompt], "return_tensors": "pt"}
+        if image is not None:
+            kwargs["images"] = [image]
+        with torch.no_grad():
+            hidden = model(**processor(**kwargs)).last_hidden_state
+        rows.append(torch.nn.functional.normalize(hidden[:, -1, :], dim=-1)[0])
+    return torch.stack(rows).numpy()
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_embeddings_equal_a_hand_written_forward_with_last_token_pooling(tiny_model_factory, images, family):
+    folder = tiny_model_factory(family)
+    model = unime.load(str(folder), mode="joint")
+    config = model.unime_config
+    token = model.backbone.image_token
+    texts = ["a dog", "two people are playing football in the park"]
+    prompts = [config.text_prompt.replace("<sent>", t) for t in texts]
+    prompts += [config.image_prompt, config.joint_prompt.replace("<content>", f"{token}\nwhat colour?")]
+    expected = _reference_embeddings(folder, prompts, [None, None, images[0], images[1]])
+    got = model.encode(texts + [images[0], {"text": "<|image_1|>\nwhat colour?", "image": images[1]}], batch_size=4)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_left_and_right_padding_give_the_same_embedding(tiny_model_factory, images, family):
+    model = unime.load(str(tiny_model_factory(family)))
+    inputs = ["short", "a considerably longer sentence that needs many more tokens", images[0]]
+    left = model.encode(inputs, batch_size=3)
+    model[0].unime_config.padding_side = "right"
+    model[0].tokenizer.padding_side = "right"
+    right = model.encode(inputs, batch_size=3)
+    alone = np.stack([model.encode([x], batch_size=1)[0] for x in inputs])
+    np.testing.assert_allclose(left, right, atol=1e-5)
+    np.testing.assert_allclose(left, alone, atol=1e-5)
+
+
+def test_sum_mode_is_the_normalised_sum_of_the_parts(tiny_model_factory, images):
+    model = unime.load(str(tiny_model_factory("qwen2_vl")))
+    assert model.unime_config.mode == "sum"
+    text, image = model.encode(["a cat on a mat", images[0]])
+    both = model.encode({"text": "a cat on a mat", "image": images[0]})
+    expected = (text + image) / np.linalg.norm(text + image)
+    np.testing.assert_allclose(both, expected, atol=1e-6)
+
+
+def test_mmeb_placeholder_becomes_the_backbone_image_token(tiny_model_factory, images):
+    model = unime.load(str(tiny_model_factory("llava_next")), mode="joint")
+    from unime.inputs import EmbedInput
+
+    prompt, loaded = model[0].render(EmbedInput(text="<|image_1|>\nRepresent the given image.", image=images[0]))
+    assert prompt == "[INST] <image>\nRepresent the given image. [/INST]"
+    assert len(loaded) == 1
+
+
+def test_save_and_reload_give_identical_embeddings_and_keep_settings(tiny_model_factory, images, tmp_path):
+    model = unime.load(str(tiny_model_factory("llava_onevision")), mode="joint")
+    inputs = ["hello", images[0], {"text": "what?", "image": images[1]}]
+    before = model.encode(inputs)
+    model.save(str(tmp_path / "saved"))
+    saved = json.loads((tmp_path / "saved" / "sentence_bert_config.json").read_text())["unime"]
+    assert saved["family"] == "llava_onevision" and saved["mode"] == "joint"
+    assert saved["padding_side"] == "left" and saved["pooling"] == "lasttoken"
+    assert saved["unime_version"] == unime.__version__
+    assert "<image>" in saved["image_prompt"]
+    after = unime.load(str(tmp_path / "saved")).encode(inputs)
+    np.testing.assert_allclose(before, after, atol=0)
+
+
+def test_unknown_keys_from_a_newer_version_are_tolerated_and_kept(tiny_model_factory, tmp_path):
+    model = unime.load(str(tiny_model_factory("qwen2_vl")))
+    model.save(str(tmp_path / "saved"))
+    config_file = tmp_path / "saved" / "sentence_bert_config.json"
+    config = json.loads(config_file.read_text())
+    config["unime"]["matryoshka_dims"] = [64, 32]
+    config_file.write_text(json.dumps(config))
+    reloaded = unime.load(str(tmp_path / "saved"))
+    assert reloaded.unime_config.extra == {"matryoshka_dims": [64, 32]}
+    reloaded.save(str(tmp_path / "again"))
+    again = json.loads((tmp_path / "again" / "sentence_bert_config.json").read_text())["unime"]
+    assert again["matryoshka_dims"] == [64, 32]
+
+
+def test_lora_adapter_saves_and_loads_identically(tiny_model_factory, images, tmp_path):
+    from peft import LoraConfig
+
+    model = unime.load(str(tiny_model_factory("qwen2_vl")))
+    regex = model.backbone.lora_target_regex(llm_only=True)
+    model[0].model.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=regex))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model[0].model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    inputs = ["an adapter changes this", images[0]]
+    before = model.encode(inputs)
+    base = unime.load(str(tiny_model_factory("qwen2_vl"))).encode(inputs)
+    assert not np.allclose(before, base, atol=1e-3)
+    model.save(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "adapter" / "model.safetensors").exists()
+    after = unime.load(str(tmp_path / "adapter")).encode(inputs)
+    np.testing.assert_allclose(before, after, atol=1e-6)
+
+
+def test_released_checkpoint_names_default_to_joint_mode(tiny_model_factory, tmp_path):
+    folder = tmp_path / "UniME-LLaVA-1.6-7B"
+    shutil.copytree(tiny_model_factory("llava_next"), folder)
+    assert unime.load(str(folder)).unime_config.mode == "joint"
+    assert unime.load(str(folder), mode="sum").unime_config.mode == "sum"
+
+
+def test_bad_inputs_name_the_item(tiny_model_factory, tmp_path):
+    model = unime.load(str(tiny_model_factory("qwen2_vl")))
+    with pytest.raises(FileNotFoundError, match="input 1: image file not found"):
+        model.encode(["ok", {"image": str(tmp_path / "missing.png")}])
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="input 0: cannot read image"):
+        model.encode([{"image": str(corrupt)}])
+    with pytest.raises(ValueError, match="input 0: empty text"):
+        model.encode(["   "])
+    with pytest.raises(ValueError, match="input 0: unknown keys"):
+        model.encode([{"txt": "typo"}])
+    with pytest.raises(ValueError, match="refers to an image"):
+        model.set_mode("joint")
+        model.encode([{"text": "<|image_1|> what is this?"}])
+
+
+def test_unknown_model_type_and_remote_code_families_get_clear_errors(tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "mystery_vlm"}))
+    with pytest.raises(ValueError, match="unsupported model_type 'mystery_vlm'"):
+        unime.load(str(folder))
+    (folder / "config.json").write_text(json.dumps({"model_type": "phi3_v"}))
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        unime.load(str(folder))
+    with pytest.raises(FileNotFoundError, match="model path not found"):
+        unime.load(str(tmp_path / "nowhere"))
+
+
+def test_saved_model_has_a_model_card_and_loads_in_plain_sentence_transformers(tiny_model_factory, images, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    model = unime.load(str(tiny_model_factory("llava")))
+    model[0].unime_config.stages.append("distill")
+    model.card_info.update(base_model="tiny-llava", datasets=["SNLI sentences"], results={"sts/sick/spearman": 71.2})
+    model.save(str(tmp_path / "m"))
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "base_model: tiny-llava" in card and "stage 1, textual discriminative" in card
+    assert "| sts/sick/spearman | 71.20 |" in card and "unime.load(" in card
+    plain = SentenceTransformer(str(tmp_path / "m"), trust_remote_code=True)
+    # Plain sentence-transformers wants one modality per call; unime's encode mixes them freely.
+    for inputs in (["a text", "another"], [images[0], images[1]]):
+        np.testing.assert_allclose(plain.encode(inputs), model.encode(inputs), atol=1e-6)
