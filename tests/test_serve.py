@@ -12,7 +12,6 @@ import hashlib
 import http.server
 import io
 import ipaddress
-import socket
 import struct
 import threading
 import time
@@ -24,10 +23,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
 from unime.serve import ServeSettings, create_app
+from unime.serve.background import BackgroundServer
 from unime.serve.batcher import DynamicBatcher, QueueFull
 from unime.serve.errors import APIError
 from unime.serve.remote import RemoteImageFetcher, is_public_address
@@ -84,46 +83,19 @@ class HashModel:
         return np.stack([hash_vector(x) for x in inputs])
 
 
-class LiveServer:
-    """A uvicorn server on a free loopback port, in a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._socket.close()
-
-
 @pytest.fixture(scope="module")
 def hash_model() -> HashModel:
     return HashModel(delay_s=0.02)
 
 
 @pytest.fixture(scope="module")
-def server(hash_model: HashModel) -> Iterator[LiveServer]:
-    with LiveServer(create_app(hash_model, SETTINGS)) as live:
+def server(hash_model: HashModel) -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(hash_model, SETTINGS)) as live:
         yield live
 
 
 @pytest.fixture()
-def client(server: LiveServer) -> Iterator[httpx.Client]:
+def client(server: BackgroundServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=20) as c:
         yield c
 
@@ -223,7 +195,14 @@ def test_dimensions_truncates_then_renormalises(client: httpx.Client) -> None:
     assert got.shape == (4,) and abs(float(got @ got) - 1) < 1e-6
 
 
-def test_models_and_health(server: LiveServer, client: httpx.Client) -> None:
+def test_pil_pixel_guard_is_set_while_serving_and_restored_after(hash_model: HashModel) -> None:
+    default = Image.MAX_IMAGE_PIXELS
+    with BackgroundServer(create_app(hash_model, ServeSettings(max_image_pixels=1234))):
+        assert Image.MAX_IMAGE_PIXELS == 1234
+    assert Image.MAX_IMAGE_PIXELS == default
+
+
+def test_models_and_health(server: BackgroundServer, client: httpx.Client) -> None:
     assert client.get("/v1/models").json()["data"][0]["id"] == "hash-model"
     health = httpx.get(server.url + "/health")  # no key needed for liveness probes
     assert health.status_code == 200 and health.json()["status"] == "ok"
@@ -235,7 +214,7 @@ def test_models_and_health(server: LiveServer, client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}], ids=str
 )
-def test_api_key_is_required_on_v1_routes(server: LiveServer, headers: dict[str, str]) -> None:
+def test_api_key_is_required_on_v1_routes(server: BackgroundServer, headers: dict[str, str]) -> None:
     for method, path in (("POST", "/v1/embeddings"), ("GET", "/v1/models")):
         response = httpx.request(method, server.url + path, json={"input": "x"}, headers=headers)
         assert response.status_code == 401
@@ -243,6 +222,7 @@ def test_api_key_is_required_on_v1_routes(server: LiveServer, headers: dict[str,
         assert response.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize(
     ("payload", "param", "code"),
     [
@@ -250,7 +230,11 @@ def test_api_key_is_required_on_v1_routes(server: LiveServer, headers: dict[str,
         ({"input": ["ok", "x" * 101]}, "input[1]", "max_text_chars"),
         ({"input": [{"text": "ok", "instruction": "i" * 101}]}, "input[0].instruction", "max_text_chars"),
         ({"input": [{"image": data_url(noise_image(48, 48))}]}, "input[0].image", "max_image_bytes"),
-        ({"input": ["ok", {"image": data_url(Image.new("RGB", (100, 50)))}]}, "input[1].image", "max_image_pixels"),
+        (
+            {"input": ["ok", {"image": data_url(Image.new("RGB", (100, 50)))}]},
+            "input[1].image",
+            "max_image_pixels",
+        ),
         (
             {"input": [{"image": base64.b64encode(png_header_only(100_000, 100_000)).decode()}]},
             "input[0].image",
@@ -317,19 +301,25 @@ def test_malformed_requests_get_a_message_naming_the_problem(
     assert needle in error_of(response)["message"]
 
 
-def test_server_keeps_serving_after_refusals(server: LiveServer, client: httpx.Client) -> None:
+def test_server_keeps_serving_after_refusals(server: BackgroundServer, client: httpx.Client) -> None:
     client.post("/v1/embeddings", content=b"{not json")
     client.post("/v1/embeddings", json={"input": "__reject__"})
-    client.post("/v1/embeddings", json={"input": [{"image": base64.b64encode(png_header_only(9999, 9999)).decode()}]})
+    client.post(
+        "/v1/embeddings", json={"input": [{"image": base64.b64encode(png_header_only(9999, 9999)).decode()}]}
+    )
     httpx.post(server.url + "/v1/embeddings", json={"input": "x"})  # no key
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
-    np.testing.assert_array_equal(embeddings_of(client.post("/v1/embeddings", json={"input": "still"})), hash_vector("still")[None])
+    np.testing.assert_array_equal(
+        embeddings_of(client.post("/v1/embeddings", json={"input": "still"})), hash_vector("still")[None]
+    )
 
 
 # --- batching --------------------------------------------------------------------------------------
 
 
-def test_concurrent_clients_share_batches_but_get_their_own_rows(server: LiveServer, hash_model: HashModel) -> None:
+def test_concurrent_clients_share_batches_but_get_their_own_rows(
+    server: BackgroundServer, hash_model: HashModel
+) -> None:
     requests = [[f"client {i} item {j}" for j in range(1 + i % 3)] for i in range(16)]
     stats = server.app.state.batcher.stats
     before = stats.largest_batch
@@ -346,7 +336,7 @@ def test_concurrent_clients_share_batches_but_get_their_own_rows(server: LiveSer
     assert max(stats.largest_batch, before) > 3 and max(hash_model.batch_sizes) <= SETTINGS.max_batch_size
 
 
-def test_a_failing_input_fails_only_its_own_request(server: LiveServer) -> None:
+def test_a_failing_input_fails_only_its_own_request(server: BackgroundServer) -> None:
     inputs = ["good 1", "__reject__", "good 2", "good 3"]
 
     def call(text: str) -> httpx.Response:
@@ -382,6 +372,36 @@ def test_batcher_refuses_beyond_queue_limit_and_skips_cancelled_requests() -> No
         release.set()
         assert first.result(10).embeddings.shape == (1, 2) and kept.result(10).embeddings.shape == (1, 2)
         assert seen == [["a"], ["d"]]
+    finally:
+        release.set()
+        batcher.stop()
+
+
+def test_batcher_retries_a_failed_merged_batch_request_by_request() -> None:
+    release = threading.Event()
+    seen: list[list[str]] = []
+
+    def encode(items: list[str]) -> np.ndarray:
+        release.wait(10)
+        seen.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad input")
+        return np.array([[float(ord(item[0])), 0.0] for item in items], dtype=np.float32)
+
+    batcher = DynamicBatcher(encode, max_batch_size=8, max_wait_s=0.0, max_queued_items=8)
+    batcher.start()
+    try:
+        first = batcher.submit(["a"])
+        while batcher.queued_items:
+            time.sleep(0.005)
+        futures = [batcher.submit(items) for items in (["b", "c"], ["bad"], ["d"])]
+        release.set()
+        assert first.result(10).embeddings[0, 0] == ord("a")
+        assert futures[0].result(10).embeddings[:, 0].tolist() == [ord("b"), ord("c")]
+        with pytest.raises(ValueError, match="bad input"):
+            futures[1].result(10)
+        assert futures[2].result(10).embeddings[0, 0] == ord("d")
+        assert seen == [["a"], ["b", "c", "bad", "d"], ["b", "c"], ["bad"], ["d"]]
     finally:
         release.set()
         batcher.stop()
@@ -484,8 +504,14 @@ def test_cli_reads_api_key_from_environment_and_checks_limits(monkeypatch: pytes
     from unime.cli import CLIError, serve
 
     monkeypatch.setenv("UNIME_API_KEY", "from-env")
-    settings = serve.settings_from_args(_parse_serve_args(["--model", "/models/my-unime/", "--max-items", "4"]))
-    assert (settings.api_key, settings.model_name, settings.max_items_per_request) == ("from-env", "my-unime", 4)
+    settings = serve.settings_from_args(
+        _parse_serve_args(["--model", "/models/my-unime/", "--max-items", "4"])
+    )
+    assert (settings.api_key, settings.model_name, settings.max_items_per_request) == (
+        "from-env",
+        "my-unime",
+        4,
+    )
     explicit = serve.settings_from_args(_parse_serve_args(["--model", "m", "--api-key", "given"]))
     assert explicit.api_key == "given"
     with pytest.raises(CLIError, match="max_image_pixels must be a positive integer"):
@@ -496,20 +522,25 @@ def test_cli_reads_api_key_from_environment_and_checks_limits(monkeypatch: pytes
 
 
 @pytest.fixture(scope="module")
-def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, LiveServer]]:
+def tiny_server(tiny_model_factory: Any) -> Iterator[tuple[Any, BackgroundServer]]:
     import unime
-    from unime.tiny import make_tiny
 
-    model = unime.load(str(make_tiny("qwen2_vl", tmp_path_factory.mktemp("tiny-qwen2-vl"))))
+    model = unime.load(str(tiny_model_factory("qwen2_vl")))  # read only: the shared folder suffices
     settings = ServeSettings(model_name="tiny", batch_wait_ms=20.0)
-    with LiveServer(create_app(model, settings)) as live:
+    with BackgroundServer(create_app(model, settings)) as live:
         yield model, live
 
 
-def test_tiny_model_embeddings_equal_encode_for_text_image_and_mixed(tiny_server: tuple[Any, LiveServer]) -> None:
+def test_tiny_model_embeddings_equal_encode_for_text_image_and_mixed(
+    tiny_server: tuple[Any, BackgroundServer],
+) -> None:
     model, live = tiny_server
     image = noise_image(40, 30, seed=7)
-    items = ["a photo of a cat", {"image": data_url(image)}, {"text": "a cat", "image": data_url(image), "instruction": "Find it"}]
+    items = [
+        "a photo of a cat",
+        {"image": data_url(image)},
+        {"text": "a cat", "image": data_url(image), "instruction": "Find it"},
+    ]
     expected_inputs = ["a photo of a cat", image, {"text": "a cat", "image": image, "instruction": "Find it"}]
 
     def call(payload: Any) -> np.ndarray:

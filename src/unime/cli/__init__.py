@@ -12,10 +12,11 @@ import importlib
 import logging
 import sys
 
-# (module, description) in the order shown by --help.
+# Sub-command modules, in the order shown by --help.
 _COMMANDS = (
     "encode",
     "make_tiny",
+    "serve",
 )
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from unime.serve.app import create_app
+from unime.serve.background import BackgroundServer
 from unime.serve.settings import ServeSettings
 
-__all__ = ["ServeSettings", "create_app"]
+__all__ = ["BackgroundServer", "ServeSettings", "create_app"]

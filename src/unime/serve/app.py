@@ -21,9 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from unime.serve.batcher import DynamicBatcher, QueueFull
+from unime.serve.batcher import DynamicBatcher, EncodeResult, QueueFull
 from unime.serve.errors import APIError
-from unime.serve.images import install_pixel_guard
+from unime.serve.images import pixel_guard
 from unime.serve.remote import RemoteImageFetcher
 from unime.serve.schema import (
     build_response,
@@ -39,11 +39,10 @@ logger = logging.getLogger(__name__)
 def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     """Build the embeddings server around ``model`` (anything with the unime ``encode`` contract).
 
-    The batcher's worker thread starts and stops with the app's lifespan. Note that the image
-    pixel limit is also installed as PIL's process-wide ``Image.MAX_IMAGE_PIXELS``.
+    The batcher's worker thread starts and stops with the app's lifespan; while the app runs, the
+    image pixel limit is also PIL's process-wide ``Image.MAX_IMAGE_PIXELS``.
     """
     settings = settings or ServeSettings()
-    install_pixel_guard(settings.max_image_pixels)
     batcher = DynamicBatcher(
         lambda items: model.encode(items, batch_size=settings.max_batch_size, show_progress_bar=False),
         max_batch_size=settings.max_batch_size,
@@ -61,7 +60,8 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         try:
-            yield
+            with pixel_guard(settings.max_image_pixels):
+                yield
         finally:
             await run_in_threadpool(batcher.stop)
             if fetcher is not None:
@@ -95,20 +95,7 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
         parsed = await run_in_threadpool(
             lambda: parse_embedding_request(parse_json_body(body), settings, fetcher)
         )
-        try:
-            future = batcher.submit(parsed.items)
-        except QueueFull as error:
-            raise APIError(503, str(error), code="max_queued_items", headers={"Retry-After": "1"}) from None
-        except RuntimeError as error:
-            raise APIError(503, str(error)) from None
-        try:
-            result = await asyncio.wrap_future(future)
-        except (ValueError, TypeError) as error:
-            # The model refused an input that passed validation (e.g. a prompt too long for it).
-            raise APIError(400, f"the model rejected the input: {error}", param="input") from None
-        except Exception as error:
-            logger.exception("encoding failed")
-            raise APIError(500, f"encoding failed: {type(error).__name__}: {error}") from None
+        result = await _encode(batcher, parsed.items)
         vectors = result.embeddings
         if parsed.dimensions is not None:
             if parsed.dimensions > vectors.shape[1]:
@@ -121,6 +108,24 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
         return JSONResponse(build_response(vectors, parsed, settings.model_name, result.tokens))
 
     return app
+
+
+async def _encode(batcher: DynamicBatcher, items: list[Any]) -> EncodeResult:
+    """Queue one request's items and wait for its rows, mapping failures to HTTP statuses."""
+    try:
+        future = batcher.submit(items)
+    except QueueFull as error:
+        raise APIError(503, str(error), code="max_queued_items", headers={"Retry-After": "1"}) from None
+    except RuntimeError as error:
+        raise APIError(503, str(error)) from None
+    try:
+        return await asyncio.wrap_future(future)
+    except (ValueError, TypeError) as error:
+        # The model refused an input that passed validation (e.g. a prompt too long for it).
+        raise APIError(400, f"the model rejected the input: {error}", param="input") from None
+    except Exception as error:
+        logger.exception("encoding failed")
+        raise APIError(500, f"encoding failed: {type(error).__name__}: {error}") from None
 
 
 async def read_limited_body(request: Request, limit: int) -> bytes:

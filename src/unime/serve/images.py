@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from PIL import Image, UnidentifiedImageError
 
@@ -24,14 +25,21 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 RemoteFetch = Callable[[str, str], bytes]
 
 
-def install_pixel_guard(max_pixels: int) -> None:
-    """Set PIL's process-wide decompression-bomb threshold.
+@contextmanager
+def pixel_guard(max_pixels: int) -> Iterator[None]:
+    """Set PIL's process-wide decompression-bomb threshold while the server runs, then restore it.
 
     PIL warns above ``MAX_IMAGE_PIXELS`` and raises above twice that; the server's own header
-    check refuses everything above ``max_pixels`` first, so PIL's guard only matters for code
-    paths that bypass it.
+    check refuses everything above ``max_pixels`` first, so PIL's guard backs up code paths that
+    bypass it. Restoring the previous value keeps an in-process server (tests, notebooks) from
+    changing how the rest of the process opens images once it stops.
     """
+    previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def load_request_image(
