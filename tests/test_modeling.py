@@ -226,3 +226,15 @@ def test_saved_model_has_a_model_card_and_loads_in_plain_sentence_transformers(t
     # Plain sentence-transformers wants one modality per call; unime's encode mixes them freely.
     for inputs in (["a text", "another"], [images[0], images[1]]):
         np.testing.assert_allclose(plain.encode(inputs), model.encode(inputs), atol=1e-6)
+
+
+def test_prefetching_encode_equals_the_sentence_transformers_loop(tiny_model_factory, images):
+    from sentence_transformers import SentenceTransformer
+
+    model = unime.load(str(tiny_model_factory("llava_next")), mode="joint")
+    inputs = ["short", images[0], "a rather long sentence " * 5, {"text": "q", "image": images[1]}, "mid length"]
+    fast = model.encode(inputs, batch_size=2)
+    reference = SentenceTransformer.encode(model, [unime.inputs.to_input(x) for x in inputs], batch_size=2)
+    np.testing.assert_allclose(fast, reference, atol=1e-6)
+    tensor = model.encode(inputs, batch_size=2, convert_to_tensor=True)
+    assert isinstance(tensor, torch.Tensor) and torch.allclose(tensor, torch.from_numpy(fast))

@@ -14,7 +14,9 @@ from unime.losses import SimilarityKLLoss, similarity_kl
 SIGMA_1 = 1 / (1 + math.exp(-1))  # softmax([1, 0])[0]
 
 
-def _reference_kl(student, teacher, tau, direction, student_cands=None, teacher_cands=None, exclude_diagonal=False):
+def _reference_kl(
+    student, teacher, tau, direction, student_cands=None, teacher_cands=None, exclude_diagonal=False
+):
     """An independent explicit-loop computation in numpy, float64."""
     s = np.asarray(student, dtype=np.float64)
     t = np.asarray(teacher, dtype=np.float64)
@@ -67,7 +69,9 @@ def test_in_batch_form_matches_the_explicit_loop(direction, exclude_diagonal, ta
     student = torch.randn(6, 5, generator=generator, dtype=torch.float64)
     teacher = torch.randn(6, 9, generator=generator, dtype=torch.float64)
     loss = similarity_kl(student, teacher, tau, direction, exclude_diagonal=exclude_diagonal)
-    assert loss.item() == pytest.approx(_reference_kl(student, teacher, tau, direction, None, None, exclude_diagonal))
+    assert loss.item() == pytest.approx(
+        _reference_kl(student, teacher, tau, direction, None, None, exclude_diagonal)
+    )
 
 
 @pytest.mark.parametrize("direction", ["student_teacher", "teacher_student"])
@@ -84,7 +88,9 @@ def test_candidate_form_matches_the_explicit_loop(direction):
 
 def test_identical_geometry_gives_zero_loss_whatever_the_scale():
     student = torch.randn(5, 8)
-    assert similarity_kl(3.0 * student, student, 0.05, exclude_diagonal=True).item() == pytest.approx(0.0, abs=1e-6)
+    assert similarity_kl(3.0 * student, student, 0.05, exclude_diagonal=True).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
 
 
 def test_with_the_diagonal_the_teacher_softmax_is_nearly_the_identity():
@@ -107,7 +113,8 @@ def test_gradient_matches_finite_differences():
     teacher = torch.randn(4, 6, generator=generator, dtype=torch.float64)
     for exclude in (False, True):
         assert torch.autograd.gradcheck(
-            lambda s, ex=exclude: similarity_kl(s, teacher, 0.3, "teacher_student", exclude_diagonal=ex), (student,)
+            lambda s, ex=exclude: similarity_kl(s, teacher, 0.3, "teacher_student", exclude_diagonal=ex),
+            (student,),
         )
 
 
@@ -118,10 +125,19 @@ def test_gradient_matches_finite_differences():
         ({"temperature": float("nan")}, "temperature"),
         ({"direction": "both"}, "direction"),
         ({"student_candidates": torch.randn(3, 4)}, "both"),
-        ({"student_candidates": torch.randn(3, 4), "teacher_candidates": torch.randn(3, 6), "exclude_diagonal": True},
-         "square"),
+        (
+            {
+                "student_candidates": torch.randn(3, 4),
+                "teacher_candidates": torch.randn(3, 6),
+                "exclude_diagonal": True,
+            },
+            "square",
+        ),
         ({"student_candidates": torch.randn(3, 4), "teacher_candidates": torch.randn(2, 6)}, "same"),
-        ({"student_candidates": torch.randn(3, 5), "teacher_candidates": torch.randn(3, 6)}, "student_candidates"),
+        (
+            {"student_candidates": torch.randn(3, 5), "teacher_candidates": torch.randn(3, 6)},
+            "student_candidates",
+        ),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):

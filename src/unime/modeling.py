@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -139,18 +141,22 @@ class UniMETransformer(Transformer):
             parts.append(text)
         return config.joint_prompt.replace(CONTENT_SLOT, "\n".join(parts)), images
 
-    def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs: Any) -> dict[str, Any]:
-        """Render, load images and run the processor. ``prompt`` acts as a default instruction."""
+    def preprocess(
+        self, inputs: Sequence[Any], prompt: str | None = None, item_names: Sequence[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Render, load images and run the processor. ``prompt`` acts as a default instruction;
+        ``item_names`` name the inputs in error messages (their position in the caller's list)."""
         if not inputs:
             return {}
         prompts: list[str] = []
         images: list[Any] = []
         counts: list[int] = []
         for index, raw in enumerate(inputs):
-            item = to_input(raw, where=f"input {index}")
+            where = item_names[index] if item_names is not None else f"input {index}"
+            item = to_input(raw, where=where)
             if prompt and item.instruction is None:
                 item = EmbedInput(text=item.text, image=item.image, instruction=prompt)
-            text, item_images = self.render(item, where=f"input {index}")
+            text, item_images = self.render(item, where=where)
             prompts.append(text)
             images.extend(item_images)
             counts.append(len(item_images))
@@ -165,6 +171,17 @@ class UniMETransformer(Transformer):
         if self.transformer_task in ("text-generation", "any-to-any"):
             features["logits_to_keep"] = 1
         return features
+
+
+# encode arguments the prefetching loop handles; any other argument takes sentence-transformers' loop.
+_PREFETCH_KWARGS = frozenset({"batch_size", "show_progress_bar", "convert_to_numpy", "convert_to_tensor", "device"})
+
+
+def _length(item: EmbedInput) -> int:
+    """Sort key for batching: similar lengths share a batch (less padding)."""
+    return (len(item.text) if item.text else 0) + (len(item.instruction) if item.instruction else 0) + (
+        1000 if item.has_image else 0
+    )
 
 
 class UniMEModel(SentenceTransformer):
@@ -199,6 +216,48 @@ class UniMEModel(SentenceTransformer):
     def backbone(self) -> Backbone:
         return self[0].backbone
 
+    @torch.inference_mode()
+    def _encode_prefetched(
+        self,
+        items: list[EmbedInput],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: str | None = None,
+    ) -> Any:
+        """``encode`` with the next batch's preprocessing (image decoding, processor) overlapped with the
+        current batch's forward pass: MLLM preprocessing is CPU work that would otherwise leave the
+        accelerator idle. Same batches, same order, same results as the sentence-transformers loop."""
+        from sentence_transformers.util import batch_to_device
+        from tqdm.auto import tqdm
+
+        self.eval()
+        device = device or self.device
+        order = np.argsort([-_length(item) for item in items], kind="stable")
+        batches = [order[start : start + batch_size] for start in range(0, len(items), batch_size)]
+        outputs: list[torch.Tensor | None] = [None] * len(items)
+        progress = tqdm(total=len(batches), desc="Batches", disable=not show_progress_bar)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+
+            def prepare(batch: np.ndarray) -> dict[str, Any]:
+                return self.preprocess([items[i] for i in batch], item_names=[f"input {i}" for i in batch])
+
+            pending = deque(pool.submit(prepare, batch) for batch in batches[:2])
+            for index, batch in enumerate(batches):
+                features = pending.popleft().result()
+                if index + 2 < len(batches):
+                    pending.append(pool.submit(prepare, batches[index + 2]))
+                embeddings = self(batch_to_device(features, device))["sentence_embedding"]
+                for position, row in zip(batch, embeddings.float().cpu()):
+                    outputs[position] = row
+                progress.update(1)
+        progress.close()
+        stacked = torch.stack(outputs) if outputs else torch.empty(0)
+        if convert_to_tensor:
+            return stacked
+        return stacked.numpy().astype(np.float32) if convert_to_numpy else list(stacked)
+
     def set_mode(self, mode: str) -> None:
         """Switch between ``sum`` and ``joint`` for inputs with both text and image (saved with the model)."""
         self[0].unime_config = UniMEConfig.from_dict({**self.unime_config.to_dict(), "mode": mode})
@@ -207,7 +266,10 @@ class UniMEModel(SentenceTransformer):
         single = not isinstance(inputs, (list, tuple))
         items = [to_input(x, where=f"input {i}") for i, x in enumerate([inputs] if single else inputs)]
         if self.unime_config.mode != "sum" or not any(x.has_image and x.has_text for x in items):
-            result = super().encode(items, *args, **kwargs)
+            if not args and set(kwargs) <= _PREFETCH_KWARGS and self._distributed_inference is None:
+                result = self._encode_prefetched(items, **kwargs)
+            else:
+                result = super().encode(items, *args, **kwargs)
             return result[0] if single else result
         # Sum mode: each part with its own prompt, then the normalised sum (the paper's stage-1 inference).
         flat: list[EmbedInput] = []

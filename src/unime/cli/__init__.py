@@ -16,6 +16,7 @@ import sys
 _COMMANDS = (
     "encode",
     "make_tiny",
+    "data",
     "serve",
 )
 

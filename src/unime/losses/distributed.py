@@ -65,7 +65,9 @@ def gather_with_grad(tensor: Tensor) -> tuple[Tensor, int]:
     with warnings.catch_warnings():
         # torch marks torch.distributed.nn.all_gather as deprecated in favour of the functional
         # collectives; the replacement has no gradient-routing backward, so the warning is noise here.
-        warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"torch\.distributed\.nn\.functional\.all_gather", category=FutureWarning
+        )
         gathered = all_gather_with_grad(padded)
     if longest * ranks != gathered.shape[0]:
         raise RuntimeError(f"gather_with_grad: expected {longest * ranks} rows, got {gathered.shape[0]}")
@@ -89,5 +91,7 @@ def global_mean(row_losses: Tensor, global_rows: int, ranks: int) -> Tensor:
     trainer, which divides by the number of accumulation steps.
     """
     if global_rows <= 0 or ranks <= 0:
-        raise ValueError(f"global_mean: global_rows and ranks must be positive, got {global_rows} and {ranks}")
+        raise ValueError(
+            f"global_mean: global_rows and ranks must be positive, got {global_rows} and {ranks}"
+        )
     return row_losses.sum() * (ranks / global_rows)

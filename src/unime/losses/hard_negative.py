@@ -50,9 +50,13 @@ def _check_mining_options(num_negatives: int, false_negative_margin: float, nega
     if negatives not in NEGATIVE_MODES:
         raise ValueError(f"negatives must be one of {', '.join(NEGATIVE_MODES)}; got {negatives!r}")
     if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
-        raise ValueError(f"num_hard_negatives must be a positive integer, got {num_negatives!r}")
+        raise ValueError(
+            f"num_hard_negatives (num_negatives) must be a positive integer, got {num_negatives!r}"
+        )
     if not isinstance(false_negative_margin, (int, float)) or math.isnan(false_negative_margin):
-        raise ValueError(f"false_negative_margin must be a number (math.inf disables the filter), got {false_negative_margin!r}")
+        raise ValueError(
+            f"false_negative_margin must be a number (math.inf disables the filter), got {false_negative_margin!r}"
+        )
 
 
 def mine_negatives(
@@ -81,7 +85,9 @@ def mine_negatives(
     _check_matrix("scores", scores)
     n, m = scores.shape
     if positive_index.shape != (n,) or positive_index.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"positive_index must be an integer tensor of shape [{n}], got {tuple(positive_index.shape)}")
+        raise ValueError(
+            f"positive_index must be an integer tensor of shape [{n}], got {tuple(positive_index.shape)}"
+        )
     if n and (int(positive_index.min()) < 0 or int(positive_index.max()) >= m):
         raise ValueError(f"positive_index must lie in [0, {m}), got values up to {int(positive_index.max())}")
     scores = scores.detach()
@@ -136,7 +142,9 @@ def hard_negative_infonce_rows(
     :func:`hard_negative_infonce` and :class:`HardNegativeInfoNCELoss`; inputs are not validated here.
     """
     scores = _cosine_scores(query, pool)
-    mining = mine_negatives(scores, positive_index, num_negatives, false_negative_margin, negatives, generator)
+    mining = mine_negatives(
+        scores, positive_index, num_negatives, false_negative_margin, negatives, generator
+    )
     rows = torch.arange(query.shape[0], device=scores.device)
     in_softmax = mining.selected.clone()
     in_softmax[rows, positive_index] = True
@@ -158,7 +166,9 @@ def mining_statistics(scores: Tensor, mining: MiningResult, positive_index: Tens
     rows = torch.arange(n, device=scores.device)
     return {
         "false_negative_rate": float(mining.dropped.sum()) / candidates if candidates else 0.0,
-        "negative_similarity": float(scores[mining.selected].mean()) if bool(mining.selected.any()) else math.nan,
+        "negative_similarity": float(scores[mining.selected].mean())
+        if bool(mining.selected.any())
+        else math.nan,
         "positive_similarity": float(scores[rows, positive_index].mean()),
     }
 
@@ -212,11 +222,20 @@ def hard_negative_infonce(
     if extra_candidates is not None:
         _check_matrix("extra_candidates", extra_candidates)
         if extra_candidates.shape[1] != query.shape[1]:
-            raise ValueError(f"extra_candidates has dim {extra_candidates.shape[1]}, query has dim {query.shape[1]}")
+            raise ValueError(
+                f"extra_candidates has dim {extra_candidates.shape[1]}, query has dim {query.shape[1]}"
+            )
         pool = torch.cat([candidates, extra_candidates.to(candidates.device, candidates.dtype)])
     positive_index = torch.arange(query.shape[0], device=query.device)
     row_losses, _, _ = hard_negative_infonce_rows(
-        query, pool, positive_index, temperature, num_hard_negatives, false_negative_margin, negatives, generator
+        query,
+        pool,
+        positive_index,
+        temperature,
+        num_hard_negatives,
+        false_negative_margin,
+        negatives,
+        generator,
     )
     return row_losses.mean()
 
@@ -260,7 +279,9 @@ class HardNegativeInfoNCELoss(CachedLossMixin, nn.Module):
         _check_mining_options(num_hard_negatives, false_negative_margin, negatives)
         _check_mini_batch_size(mini_batch_size)
         if mini_batch_size is not None and _has_static_embedding(model):
-            raise ValueError("mini_batch_size needs a model whose inputs split along the batch (not StaticEmbedding)")
+            raise ValueError(
+                "mini_batch_size needs a model whose inputs split along the batch (not StaticEmbedding)"
+            )
         self.model = model
         self.temperature = float(temperature)
         self.num_hard_negatives = num_hard_negatives

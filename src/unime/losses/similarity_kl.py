@@ -151,7 +151,9 @@ def similarity_kl(
     _check_matrix("student", student)
     _check_matrix("teacher", teacher)
     if student.shape[0] != teacher.shape[0]:
-        raise ValueError(f"student and teacher need the same rows, got {student.shape[0]} and {teacher.shape[0]}")
+        raise ValueError(
+            f"student and teacher need the same rows, got {student.shape[0]} and {teacher.shape[0]}"
+        )
     if student.shape[0] == 0:
         raise ValueError("student and teacher are empty: need at least one row")
     if (student_candidates is None) != (teacher_candidates is None):
@@ -176,7 +178,9 @@ def similarity_kl(
             ("teacher", teacher, teacher_candidates),
         ):
             if rows.shape[1] != cols.shape[1]:
-                raise ValueError(f"{name} has dim {rows.shape[1]} but {name}_candidates has dim {cols.shape[1]}")
+                raise ValueError(
+                    f"{name} has dim {rows.shape[1]} but {name}_candidates has dim {cols.shape[1]}"
+                )
     self_columns = None
     if exclude_diagonal:
         if student.shape[0] < 2:
@@ -253,7 +257,9 @@ class SimilarityKLLoss(CachedLossMixin, nn.Module):
         _check_direction(direction)
         _check_mini_batch_size(mini_batch_size)
         if mini_batch_size is not None and _has_static_embedding(model):
-            raise ValueError("mini_batch_size needs a model whose inputs split along the batch (not StaticEmbedding)")
+            raise ValueError(
+                "mini_batch_size needs a model whose inputs split along the batch (not StaticEmbedding)"
+            )
         self.model = model
         self.temperature = float(temperature)
         self.direction = direction
@@ -295,10 +301,18 @@ class SimilarityKLLoss(CachedLossMixin, nn.Module):
         self_columns = None
         if len(embeddings) == 1 and self.exclude_diagonal:
             if student_columns.shape[0] < 2:
-                raise ValueError("SimilarityKLLoss with exclude_diagonal=True needs batches of at least 2 sentences")
+                raise ValueError(
+                    "SimilarityKLLoss with exclude_diagonal=True needs batches of at least 2 sentences"
+                )
             self_columns = offset + torch.arange(student.shape[0], device=student.device)
         rows = similarity_kl_rows(
-            student, teachers[0], student_columns, teacher_columns, self.temperature, self.direction, self_columns
+            student,
+            teachers[0],
+            student_columns,
+            teacher_columns,
+            self.temperature,
+            self.direction,
+            self_columns,
         )
         return global_mean(rows, student_columns.shape[0], ranks)
 
@@ -320,4 +334,6 @@ def _has_static_embedding(model: nn.Module) -> bool:
     """Whether ``model`` is a SentenceTransformer embedding through a StaticEmbedding (no batch axis)."""
     from sentence_transformers import SentenceTransformer
 
-    return isinstance(getattr(model, "_orig_mod", model), SentenceTransformer) and has_static_embedding_input(model)
+    return isinstance(getattr(model, "_orig_mod", model), SentenceTransformer) and has_static_embedding_input(
+        model
+    )

@@ -5,7 +5,7 @@ with a grid position ("a red circle at the top left") or related to a second nou
 red circle to the left of a small blue square"). Every clause is existential: it holds when some
 objects of the scene fit its noun phrases and relation. Keeping captions as structures, not
 strings, lets the generator check that positives are true and negatives false for their image
-(``caption_true``), which is what makes the retrieval and SugarCrepe sets clean.
+(``Caption.true_in``), which is what makes the retrieval and SugarCrepe sets clean.
 
 Grid positions are exact cells: "on the left" is the middle-left cell, "at the top left" the
 top-left corner, "in the center" the middle cell.
@@ -14,22 +14,33 @@ top-left corner, "in the center" the middle cell.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from unime.synth.scenes import COLUMNS, GRID, ROWS, Scene, SceneObject
 
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-_RELATION_TEXT = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+_RELATION_TEXT = {
+    "left of": "to the left of",
+    "right of": "to the right of",
+    "above": "above",
+    "below": "below",
+}
 # Used by paraphrases only; the relation and size words are equivalent in meaning.
-_RELATION_ALT = {"left of": "on the left of", "right of": "on the right of", "above": "above", "below": "beneath"}
+_RELATION_ALT = {
+    "left of": "on the left of",
+    "right of": "on the right of",
+    "above": "above",
+    "below": "beneath",
+}
 _SIZE_ALT = {"small": "little", "large": "big"}
 TEMPLATES: tuple[str, ...] = (
     "{}",
     "a picture of {}",
     "an image of {}",
     "a drawing of {}",
-    "{} on a plain background",
+    "a plain background with {}",
     "there is {}",
 )
 NUMBERS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -138,9 +149,6 @@ class Clause:
             return self
         return Clause(self.other, INVERSE[self.relation], self.subject)
 
-    def descs(self) -> list[Desc]:
-        return [self.subject] + ([self.other] if self.other is not None else [])
-
 
 @dataclass(frozen=True)
 class Caption:
@@ -162,10 +170,6 @@ class Caption:
         clauses = list(self.clauses)
         clauses[index] = clause
         return replace(self, clauses=tuple(clauses))
-
-
-def caption_true(caption: Caption, scene: Scene) -> bool:
-    return caption.true_in(scene)
 
 
 def describe(
@@ -201,6 +205,14 @@ def paraphrase(caption: Caption, rng: random.Random) -> Caption:
     rng.shuffle(clauses)
     template = rng.choice([t for t in TEMPLATES if t != caption.template])
     return Caption(tuple(clauses), template, not caption.alt)
+
+
+def mentions(text: str, pairs: Iterable[tuple[str, str]]) -> bool:
+    """Whether ``text`` names any of the (colour, shape) ``pairs`` ("... red circle ...").
+
+    Noun phrases always put the colour right before the shape, so this is exact for generated text.
+    """
+    return any(f"{colour} {shape}" in text for colour, shape in pairs)
 
 
 def plural(shape: str) -> str:

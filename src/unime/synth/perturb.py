@@ -33,7 +33,9 @@ Slot = tuple[int, str]  # (clause index, "subject" | "other")
 
 
 def _slots(caption: Caption) -> list[Slot]:
-    return [(i, role) for i, c in enumerate(caption.clauses) for role in ("subject", "other") if getattr(c, role)]
+    return [
+        (i, role) for i, c in enumerate(caption.clauses) for role in ("subject", "other") if getattr(c, role)
+    ]
 
 
 def _get(caption: Caption, slot: Slot) -> Desc:
@@ -116,7 +118,9 @@ def weaken(caption: Caption, rng: random.Random) -> Caption:
 
 
 def add_att(caption: Caption, scene: Scene, rng: random.Random) -> Caption | None:
-    open_slots = [s for s in _slots(caption) if _get(caption, s).colour is None or _get(caption, s).size is None]
+    open_slots = [
+        s for s in _slots(caption) if _get(caption, s).colour is None or _get(caption, s).size is None
+    ]
     if not open_slots:
         return None
     slot = rng.choice(open_slots)
@@ -137,7 +141,9 @@ _OPERATIONS: dict[str, Callable[[Caption, Scene, random.Random], Caption | None]
 }
 
 
-def negative_caption(kind: str, caption: Caption, scene: Scene, rng: random.Random, tries: int = 30) -> Caption | None:
+def negative_caption(
+    kind: str, caption: Caption, scene: Scene, rng: random.Random, tries: int = 30
+) -> Caption | None:
     """A caption made from ``caption`` by the SugarCrepe operation ``kind`` that is false for
     ``scene``, or None when ``tries`` random attempts found none."""
     if kind not in _OPERATIONS:
@@ -198,7 +204,9 @@ def _edit(kind: str, scene: Scene, rng: random.Random, new_pairs: list[Pair]) ->
         if cells and (kind == "move" or new_pairs):
             cell = rng.choice(cells)
             if kind == "move":
-                return f"move {name} to the {cell_name(*cell)}", scene.with_object(index, row=cell[0], col=cell[1])
+                return f"move {name} to the {cell_name(*cell)}", scene.with_object(
+                    index, row=cell[0], col=cell[1]
+                )
             added = make_object(rng, rng.choice(new_pairs), cell)
             text = f"add a {added.size} {added.colour} {added.shape} {cell_phrase(*cell)}"
             return text, Scene(scene.objects + (added,), scene.background)

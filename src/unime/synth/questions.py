@@ -50,11 +50,9 @@ class QA:
 
 
 def _phrase(scene: Scene, index: int, fields: tuple[str, ...]) -> str | None:
-    """"the <fields> <shape|object>" when exactly one object of the scene fits it, else None."""
+    """ "the <fields> <shape|object>" when exactly one object of the scene fits it, else None."""
     target = scene.objects[index]
-    fits = [
-        o for o in scene.objects if all(getattr(o, f) == getattr(target, f) for f in fields)
-    ]
+    fits = [o for o in scene.objects if all(getattr(o, f) == getattr(target, f) for f in fields)]
     if len(fits) != 1:
         return None
     words = [getattr(target, f) for f in ("size", "colour") if f in fields]
@@ -105,7 +103,9 @@ def count_questions(scene: Scene) -> list[QA]:
     for size in SIZES:
         hit = frozenset(i for i, o in enumerate(objs) if o.size == size)
         items.append(QA(f"How many {size} objects are there?", _count(len(hit)), "count_size", hit))
-    items.append(QA("How many objects are there?", _count(len(objs)), "count_all", frozenset(range(len(objs)))))
+    items.append(
+        QA("How many objects are there?", _count(len(objs)), "count_all", frozenset(range(len(objs))))
+    )
     return items
 
 
@@ -134,7 +134,9 @@ def spatial_questions(scene: Scene, rng: random.Random) -> list[QA]:
                 question = f"Is {refer(scene, a, rng)} {relation_text(relation)} {refer(scene, b, rng)}?"
                 items.append(QA(question, answer, "yes_no", frozenset({a, b})))
     for i, obj in enumerate(objs):
-        items.append(QA(f"Where is {refer(scene, i, rng)}?", cell_name(obj.row, obj.col), "where", frozenset({i})))
+        items.append(
+            QA(f"Where is {refer(scene, i, rng)}?", cell_name(obj.row, obj.col), "where", frozenset({i}))
+        )
     return items
 
 
@@ -157,8 +159,11 @@ def answer_vocabulary(kind: str, max_objects: int) -> list[str]:
     raise ValueError(f"unknown question kind {kind!r}")
 
 
-def pick_question(items: list[QA], kinds: tuple[str, ...], rng: random.Random, focus: int | None) -> QA | None:
-    """A random item of one of ``kinds``, kinds equally likely, yes and no equally likely.
+def pick_question(
+    items: list[QA], kinds: tuple[str, ...], rng: random.Random, focus: int | None
+) -> QA | None:
+    """A random item of one of ``kinds``: first a kind, then an answer, then a question, each
+    uniformly, so that no answer ("zero", "no") dominates by being the most common.
 
     With ``focus`` set only items involving that object qualify.
     """
@@ -168,11 +173,8 @@ def pick_question(items: list[QA], kinds: tuple[str, ...], rng: random.Random, f
         return None
     kind = rng.choice(present)
     pool = [q for q in pool if q.kind == kind]
-    if kind == "yes_no":
-        answers = sorted({q.answer for q in pool})
-        answer = rng.choice(answers)
-        pool = [q for q in pool if q.answer == answer]
-    return rng.choice(pool)
+    answer = rng.choice(sorted({q.answer for q in pool}))
+    return rng.choice([q for q in pool if q.answer == answer])
 
 
 @dataclass(frozen=True)

@@ -81,13 +81,6 @@ class Scene:
             int(round(cy + side / 2)),
         )
 
-    def find(self, pair: Pair) -> SceneObject | None:
-        return next((obj for obj in self.objects if obj.pair == pair), None)
-
-    def pair_signature(self) -> tuple[Pair, ...]:
-        """The sorted (colour, shape) pairs: scenes with equal signatures fit the same captions."""
-        return tuple(sorted(obj.pair for obj in self.objects))
-
     def layout_signature(self) -> tuple[tuple[str, str, str, int, int], ...]:
         """Everything a caption or an edit can speak of: attributes and cells, sorted."""
         return tuple(sorted((o.colour, o.shape, o.size, o.row, o.col) for o in self.objects))
@@ -123,7 +116,9 @@ def _tint(rng: random.Random) -> tuple[int, int, int]:
     return (rng.randint(-12, 12), rng.randint(-12, 12), rng.randint(-12, 12))
 
 
-def make_object(rng: random.Random, pair: Pair, cell: tuple[int, int], size: str | None = None) -> SceneObject:
+def make_object(
+    rng: random.Random, pair: Pair, cell: tuple[int, int], size: str | None = None
+) -> SceneObject:
     return SceneObject(pair[0], pair[1], size or rng.choice(SIZES), cell[0], cell[1], _tint(rng))
 
 
@@ -150,15 +145,20 @@ def sample_scene(
     chosen += rng.sample(pool, n_objects - len(chosen))
     cells = rng.sample([(r, c) for r in range(GRID) for c in range(GRID)], n_objects)
     objects = []
-    for index, (pair, cell) in enumerate(zip(chosen, cells)):
+    for index, (pair, cell) in enumerate(zip(chosen, cells, strict=True)):
         size = focus_size if (index == 0 and focus_size) else rng.choice(list(sizes))
         objects.append(make_object(rng, pair, cell, size))
     return Scene(tuple(objects), rng.randrange(len(_BACKGROUNDS)))
 
 
-def _regular_polygon(cx: float, cy: float, radius: float, sides: int, rotation: float) -> list[tuple[float, float]]:
+def _regular_polygon(
+    cx: float, cy: float, radius: float, sides: int, rotation: float
+) -> list[tuple[float, float]]:
     return [
-        (cx + radius * math.cos(rotation + 2 * math.pi * k / sides), cy + radius * math.sin(rotation + 2 * math.pi * k / sides))
+        (
+            cx + radius * math.cos(rotation + 2 * math.pi * k / sides),
+            cy + radius * math.sin(rotation + 2 * math.pi * k / sides),
+        )
         for k in range(sides)
     ]
 
@@ -172,7 +172,9 @@ def _star(cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
     return points
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Iterable[float], fill: tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, box: Iterable[float], fill: tuple[int, int, int]
+) -> None:
     x0, y0, x1, y1 = box
     cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
     if shape == "circle":
@@ -196,21 +198,23 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Iterable[float], fil
 def render(scene: Scene, image_size: int) -> Image.Image:
     """Draw ``scene`` as an RGB image of ``image_size`` pixels a side.
 
-    Drawn at 3x and downsampled, because PIL's polygons are not anti-aliased and a 64-pixel star
-    would otherwise be a jagged blob.
+    Drawn at 3x and box-downsampled (each pixel the mean of a 3 x 3 block), because PIL's
+    polygons are not anti-aliased and a 64-pixel star would otherwise be a jagged blob.
     """
     big = image_size * _SUPERSAMPLE
     image = Image.new("RGB", (big, big), _BACKGROUNDS[scene.background % len(_BACKGROUNDS)])
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         base = COLOURS[obj.colour]
-        fill = tuple(min(255, max(0, c + t)) for c, t in zip(base, obj.tint))
+        fill = tuple(min(255, max(0, c + t)) for c, t in zip(base, obj.tint, strict=True))
         box = [v * _SUPERSAMPLE for v in scene.box(obj, image_size)]
         _draw_shape(draw, obj.shape, box, fill)  # type: ignore[arg-type]
-    return image.resize((image_size, image_size), Image.Resampling.LANCZOS)
+    return image.reduce(_SUPERSAMPLE)
 
 
-def crop(image: Image.Image, scene: Scene, obj: SceneObject, out_size: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
+def crop(
+    image: Image.Image, scene: Scene, obj: SceneObject, out_size: int
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """The square region around ``obj`` (its box grown by 30 %), resized to ``out_size``.
 
     Returns the crop and the region's box in the source image. Crops are resized up because many
