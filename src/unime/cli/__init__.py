@@ -17,7 +17,10 @@ _COMMANDS = (
     "encode",
     "make_tiny",
     "data",
+    "eval",
+    "plot",
     "serve",
+    "demo",
 )
 
 

@@ -14,12 +14,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 #: One input of the model contract as the evaluators build it (images always as paths).
-EvalInput = Union[str, dict[str, str]]
+EvalInput = str | dict[str, str]
 
 #: The placeholder MMEB puts in a text that goes with an image; the model maps it to its image token.
 IMAGE_PLACEHOLDER = "<|image_1|>"

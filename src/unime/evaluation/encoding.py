@@ -31,14 +31,18 @@ logger = logging.getLogger(__name__)
 _MANIFEST = "manifest.json"
 
 
-def encode_checked(model: Any, items: Sequence[EvalInput], batch_size: int, show_progress_bar: bool) -> np.ndarray:
+def encode_checked(
+    model: Any, items: Sequence[EvalInput], batch_size: int, show_progress_bar: bool
+) -> np.ndarray:
     """Call ``model.encode`` and check the result is a finite float32 ``[len(items), d]`` matrix."""
     if not items:
         raise ValueError("nothing to encode")
     embeddings = model.encode(list(items), batch_size=batch_size, show_progress_bar=show_progress_bar)
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(items):
-        raise ValueError(f"model.encode returned shape {embeddings.shape} for {len(items)} inputs; expected [n, d]")
+        raise ValueError(
+            f"model.encode returned shape {embeddings.shape} for {len(items)} inputs; expected [n, d]"
+        )
     if not np.isfinite(embeddings).all():
         raise ValueError("model.encode returned non-finite values")
     return embeddings
@@ -202,7 +206,7 @@ class CachedEncoder:
         """Embed ``inputs`` ([n, d] rows in order), reusing cached rows and encoding the rest."""
         digests = [_digest(item) for item in inputs]
         missing: dict[bytes, EvalInput] = {}
-        for digest, item in zip(digests, inputs):
+        for digest, item in zip(digests, inputs, strict=True):
             if digest not in self._where and digest not in missing:
                 missing[digest] = item
         pending_keys = list(missing)

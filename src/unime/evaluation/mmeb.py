@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from unime.evaluation.common import IMAGE_PLACEHOLDER, EvalInput, input_key, make_input, percent, resolve_image
+from unime.evaluation.common import (
+    IMAGE_PLACEHOLDER,
+    EvalInput,
+    input_key,
+    make_input,
+    percent,
+    resolve_image,
+)
 from unime.evaluation.encoding import deduplicate, encode_checked
 
 logger = logging.getLogger(__name__)
@@ -40,7 +47,16 @@ MMEB_SPLITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("ScienceQA", "VizWiz", "GQA", "TextVQA"),
     ),
     "retrieval": (
-        ("VisDial", "CIRR", "VisualNews_t2i", "VisualNews_i2t", "MSCOCO_t2i", "MSCOCO_i2t", "NIGHTS", "WebQA"),
+        (
+            "VisDial",
+            "CIRR",
+            "VisualNews_t2i",
+            "VisualNews_i2t",
+            "MSCOCO_t2i",
+            "MSCOCO_i2t",
+            "NIGHTS",
+            "WebQA",
+        ),
         ("OVEN", "FashionIQ", "EDIS", "Wiki-SS-NQ"),
     ),
     "grounding": (("MSCOCO",), ("RefCOCO", "RefCOCO-Matching", "Visual7W-Pointing")),
@@ -79,13 +95,17 @@ class MMEBDataset:
         if not self.queries:
             raise ValueError(f"MMEB dataset '{self.name}' has no rows")
         if len(self.targets) != len(self.queries):
-            raise ValueError(f"MMEB dataset '{self.name}': {len(self.queries)} queries but {len(self.targets)} target lists")
+            raise ValueError(
+                f"MMEB dataset '{self.name}': {len(self.queries)} queries but {len(self.targets)} target lists"
+            )
         for row, target in enumerate(self.targets):
             if target.size == 0 or target.min() < 0 or target.max() >= len(self.pool):
                 raise ValueError(f"MMEB dataset '{self.name}' row {row}: candidate indices out of the pool")
 
     @classmethod
-    def from_rows(cls, name: str, queries: Sequence[EvalInput], candidates: Sequence[Sequence[EvalInput]]) -> MMEBDataset:
+    def from_rows(
+        cls, name: str, queries: Sequence[EvalInput], candidates: Sequence[Sequence[EvalInput]]
+    ) -> MMEBDataset:
         """Build a dataset from per-row candidate lists (positive first), pooling equal candidates."""
         rows: dict[str, int] = {}
         pool: list[EvalInput] = []
@@ -136,12 +156,16 @@ def _read_parquet_rows(name: str, folder: Path) -> Iterable[tuple[str, Mapping[s
         frame = pd.read_parquet(file)
         missing = [column for column in COLUMNS if column not in frame.columns]
         if missing:
-            raise ValueError(f"MMEB {name}: {file.name}: missing column(s) {missing}; it has {list(frame.columns)}")
+            raise ValueError(
+                f"MMEB {name}: {file.name}: missing column(s) {missing}; it has {list(frame.columns)}"
+            )
         for row, record in enumerate(frame[list(COLUMNS)].to_dict("records")):
             yield f"{file.name} row {row}", record
 
 
-def load_mmeb_dataset(folder: str | os.PathLike[str], image_dir: str | os.PathLike[str], name: str | None = None) -> MMEBDataset:
+def load_mmeb_dataset(
+    folder: str | os.PathLike[str], image_dir: str | os.PathLike[str], name: str | None = None
+) -> MMEBDataset:
     """Read one MMEB-eval dataset folder, resolving and checking every image under ``image_dir``."""
     folder, image_dir = Path(folder), Path(image_dir)
     name = name or folder.name
@@ -163,7 +187,7 @@ def load_mmeb_dataset(folder: str | os.PathLike[str], image_dir: str | os.PathLi
         candidates.append(
             [
                 row_input(where, text, image, f"tgt_img_path[{j}]")
-                for j, (text, image) in enumerate(zip(texts, images))
+                for j, (text, image) in enumerate(zip(texts, images, strict=True))
             ]
         )
     if not queries:
@@ -191,19 +215,27 @@ def load_mmeb(
     data_dir: str | os.PathLike[str], image_dir: str | os.PathLike[str], names: Sequence[str] | None = None
 ) -> list[MMEBDataset]:
     """Read the MMEB-eval datasets ``names`` (default: all found) from ``data_dir``."""
-    return [load_mmeb_dataset(Path(data_dir) / name, image_dir, name) for name in discover_mmeb(data_dir, names)]
+    return [
+        load_mmeb_dataset(Path(data_dir) / name, image_dir, name) for name in discover_mmeb(data_dir, names)
+    ]
 
 
-def precision_at_1(query_embeddings: np.ndarray, pool_embeddings: np.ndarray, targets: Sequence[np.ndarray]) -> float:
+def precision_at_1(
+    query_embeddings: np.ndarray, pool_embeddings: np.ndarray, targets: Sequence[np.ndarray]
+) -> float:
     """Percentage of queries whose positive (index 0 of its targets) beats every other candidate strictly."""
+    if len(query_embeddings) != len(targets):
+        raise ValueError(f"{len(query_embeddings)} query embeddings for {len(targets)} candidate lists")
     hits = 0
-    for query, target in zip(query_embeddings, targets):
+    for query, target in zip(query_embeddings, targets, strict=True):
         scores = pool_embeddings[target] @ query
         hits += bool(scores.size == 1 or scores[0] > scores[1:].max())
     return percent(hits, len(targets))
 
 
-def score_mmeb_dataset(model: Any, dataset: MMEBDataset, batch_size: int = 32, show_progress_bar: bool = False) -> float:
+def score_mmeb_dataset(
+    model: Any, dataset: MMEBDataset, batch_size: int = 32, show_progress_bar: bool = False
+) -> float:
     """Precision@1 (percent) of ``model`` on one dataset, each distinct input embedded once."""
     unique, inverse = deduplicate([*dataset.queries, *dataset.pool])
     embeddings = encode_checked(model, unique, batch_size, show_progress_bar)
@@ -211,32 +243,39 @@ def score_mmeb_dataset(model: Any, dataset: MMEBDataset, batch_size: int = 32, s
     return precision_at_1(embeddings[inverse[:n]], embeddings[inverse[n:]], dataset.targets)
 
 
-def summarize_mmeb(scores: Mapping[str, float]) -> dict[str, float]:
+def summarize_mmeb(
+    scores: Mapping[str, float], groups: Mapping[str, tuple[str, str]] | None = None
+) -> dict[str, float]:
     """The paper's table from per-dataset precision@1: per-dataset keys plus meta-task, IND, OOD, overall.
 
     Aggregates are unweighted means over the datasets of the 36 present in ``scores``; other
-    datasets keep their own key and stay out of every mean.
+    datasets keep their own key and stay out of every mean. ``groups`` (dataset -> (meta-task,
+    "IND" | "OOD")) replaces the paper's split, e.g. for the synthetic benchmark's ``splits.json``.
     """
     metrics = {f"mmeb/{name}/precision@1": float(value) for name, value in scores.items()}
-    groups: dict[str, list[float]] = {}
+    means: dict[str, list[float]] = {}
     for name, value in scores.items():
-        group = dataset_group(name)
+        group = dataset_group(name) if groups is None else groups.get(name)
         if group is None:
             continue
         for key in (group[0], group[1], "overall"):
-            groups.setdefault(key, []).append(float(value))
+            means.setdefault(key, []).append(float(value))
     for key in (*META_TASKS, "IND", "OOD", "overall"):
-        if key in groups:
-            metrics[f"mmeb/{key}/precision@1"] = float(np.mean(groups[key]))
+        if key in means:
+            metrics[f"mmeb/{key}/precision@1"] = float(np.mean(means[key]))
     return metrics
 
 
 def evaluate_mmeb(
-    model: Any, datasets: Sequence[MMEBDataset], batch_size: int = 32, show_progress_bar: bool = False
+    model: Any,
+    datasets: Sequence[MMEBDataset],
+    batch_size: int = 32,
+    show_progress_bar: bool = False,
+    groups: Mapping[str, tuple[str, str]] | None = None,
 ) -> dict[str, float]:
     """Precision@1 of ``model`` on each dataset plus the paper's aggregates (see :func:`summarize_mmeb`)."""
     scores = {}
     for dataset in datasets:
         scores[dataset.name] = score_mmeb_dataset(model, dataset, batch_size, show_progress_bar)
         logger.info("MMEB %s: precision@1 %.2f", dataset.name, scores[dataset.name])
-    return summarize_mmeb(scores)
+    return summarize_mmeb(scores, groups)

@@ -34,7 +34,9 @@ class MTEBEncoder:
         batch_size: passed to ``model.encode``.
     """
 
-    def __init__(self, model: Any, instructions: Mapping[str, str] | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self, model: Any, instructions: Mapping[str, str] | None = None, batch_size: int = 32
+    ) -> None:
         self.model = model
         self.instructions = dict(instructions or {})
         self.batch_size = batch_size
@@ -54,7 +56,9 @@ class MTEBEncoder:
                 image = images[index]
                 if isinstance(image, (list, tuple)):
                     if len(image) != 1:
-                        raise ValueError(f"mteb row {index}: {len(image)} images; UniME embeds one image per input")
+                        raise ValueError(
+                            f"mteb row {index}: {len(image)} images; UniME embeds one image per input"
+                        )
                     image = image[0]
                 item["image"] = image
             if instruction:

@@ -39,16 +39,20 @@ def first_pairs(dataset: RetrievalDataset, n: int) -> tuple[list[str], list[str]
     return dataset.images[:n], captions
 
 
-def similarity_matrix(model: Any, images: Sequence[str], captions: Sequence[str], batch_size: int = 32) -> np.ndarray:
+def similarity_matrix(
+    model: Any, images: Sequence[str], captions: Sequence[str], batch_size: int = 32
+) -> np.ndarray:
     """Cosine similarity [n_images, n_captions] between image paths and caption texts."""
     n = len(images)
-    embeddings = encode_unique(model, [make_input(None, image) for image in images] + list(captions), batch_size)
+    embeddings = encode_unique(
+        model, [make_input(None, image) for image in images] + list(captions), batch_size
+    )
     embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     return embeddings[:n] @ embeddings[n:].T
 
 
 def diagonal_summary(matrix: np.ndarray) -> dict[str, float]:
-    """Mean diagonal and off-diagonal similarity, their gap, and the share of rows whose maximum is on the diagonal."""
+    """Mean diagonal and off-diagonal similarity, their gap, and the share of rows peaking on the diagonal."""
     n = matrix.shape[0]
     diagonal = np.diag(matrix)
     off = matrix[~np.eye(n, dtype=bool)]
@@ -75,7 +79,7 @@ def plot_similarity(matrices: Sequence[tuple[str, np.ndarray]], output: str | os
         raise ValueError("nothing to plot")
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 4.2), squeeze=False)
-    for axis, (label, matrix) in zip(axes[0], matrices):
+    for axis, (label, matrix) in zip(axes[0], matrices, strict=True):
         image = axis.imshow(matrix, cmap="viridis", interpolation="nearest")
         axis.set_title(f"{label}\ngap diag - off {diagonal_summary(matrix)['gap']:.3f}", fontsize=9)
         axis.set_xlabel("caption")
@@ -134,10 +138,10 @@ def plot_training(logs: Sequence[TrainingLog], output: str | os.PathLike[str]) -
         raise ValueError("nothing to plot")
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(TRAINING_SERIES), figsize=(10, 3.8))
-    for axis, name in zip(axes, TRAINING_SERIES):
+    for axis, name in zip(axes, TRAINING_SERIES, strict=True):
         for log in logs:
             if log.series[name]:
-                steps, values = zip(*log.series[name])
+                steps, values = zip(*log.series[name], strict=True)
                 axis.plot(steps, values, label=log.label, linewidth=1.2)
         axis.set_xlabel("step")
         axis.set_ylabel(name)

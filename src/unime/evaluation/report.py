@@ -16,7 +16,12 @@ from typing import Any
 
 from unime.evaluation.mmeb import MMEB_SPLITS, dataset_group
 
-_TASK_TITLES = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval", "grounding": "Grounding"}
+_TASK_TITLES = {
+    "classification": "Classification",
+    "vqa": "VQA",
+    "retrieval": "Retrieval",
+    "grounding": "Grounding",
+}
 _SUMMARY_TITLES = {**_TASK_TITLES, "IND": "IND", "OOD": "OOD", "overall": "Overall"}
 
 
@@ -58,7 +63,9 @@ def read_metrics(path: str | os.PathLike[str]) -> dict[str, float | None]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not JSON ({error.msg})") from None
     metrics = data.get("metrics", data) if isinstance(data, dict) else None
-    if not isinstance(metrics, dict) or not all(v is None or isinstance(v, (int, float)) for v in metrics.values()):
+    if not isinstance(metrics, dict) or not all(
+        v is None or isinstance(v, (int, float)) for v in metrics.values()
+    ):
         raise ValueError(f"{path}: expected a result file with a 'metrics' object of numbers")
     return {key: None if value is None else float(value) for key, value in metrics.items()}
 
@@ -80,7 +87,7 @@ def pivot_markdown(metrics: Mapping[str, float | None], first_column: str = "Dat
 
 
 def mmeb_markdown(metrics: Mapping[str, float | None]) -> str:
-    """The paper's MMEB summary (meta-tasks, IND, OOD, overall, with dataset counts) and per-dataset scores."""
+    """The paper's MMEB summary (meta-tasks, IND, OOD, overall, with counts) and per-dataset scores."""
     scores = {key.split("/")[1]: value for key, value in metrics.items() if key.count("/") == 2}
     datasets = {name: value for name, value in scores.items() if dataset_group(name) is not None}
     others = {
@@ -103,7 +110,11 @@ def mmeb_markdown(metrics: Mapping[str, float | None]) -> str:
     lines += ["", "| Meta-task | Split | Dataset | Precision@1 |", "|---|---|---|---|"]
     for task, (ind, ood) in MMEB_SPLITS.items():
         for split, names in (("IND", ind), ("OOD", ood)):
-            lines += [f"| {_TASK_TITLES[task]} | {split} | {n} | {_number(datasets[n])} |" for n in names if n in datasets]
+            lines += [
+                f"| {_TASK_TITLES[task]} | {split} | {n} | {_number(datasets[n])} |"
+                for n in names
+                if n in datasets
+            ]
     lines += [f"| other | - | {name} | {_number(value)} |" for name, value in others.items()]
     return "\n".join(lines) + "\n"
 
@@ -140,4 +151,4 @@ def compare_files(paths: Sequence[str | os.PathLike[str]]) -> str:
     """:func:`compare_markdown` over result files, labelled by file stem (with the folder if stems clash)."""
     stems = [Path(p).stem for p in paths]
     labels = [Path(p).stem if stems.count(Path(p).stem) == 1 else str(Path(p).with_suffix("")) for p in paths]
-    return compare_markdown([(label, read_metrics(path)) for label, path in zip(labels, paths)])
+    return compare_markdown([(label, read_metrics(path)) for label, path in zip(labels, paths, strict=True)])

@@ -63,7 +63,9 @@ class RetrievalDataset:
             raise ValueError(f"retrieval dataset '{self.name}': caption_image points outside the images")
         without = np.setdiff1d(np.arange(len(self.images)), self.caption_image)
         if without.size:
-            raise ValueError(f"retrieval dataset '{self.name}': image {self.images[without[0]]} has no caption")
+            raise ValueError(
+                f"retrieval dataset '{self.name}': image {self.images[without[0]]} has no caption"
+            )
 
     @classmethod
     def from_pairs(cls, name: str, pairs: Sequence[tuple[str, str]]) -> RetrievalDataset:
@@ -126,7 +128,9 @@ def _urban1k(folder: Path) -> list[tuple[str, str]]:
     image_folder, caption_folder = folder, folder
     if (folder / "image").is_dir() and (folder / "caption").is_dir():
         image_folder, caption_folder = folder / "image", folder / "caption"
-    images = sorted((p for p in image_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+    images = sorted(
+        (p for p in image_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key
+    )
     if not images:
         raise FileNotFoundError(f"{image_folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     pairs = []
@@ -210,7 +214,10 @@ def _ranks_image_to_text(text: np.ndarray, image: np.ndarray, owner: np.ndarray)
 
 
 def recall_at_k(
-    text_embeddings: np.ndarray, image_embeddings: np.ndarray, caption_image: np.ndarray, ks: Sequence[int] = RECALL_AT
+    text_embeddings: np.ndarray,
+    image_embeddings: np.ndarray,
+    caption_image: np.ndarray,
+    ks: Sequence[int] = RECALL_AT,
 ) -> dict[str, float]:
     """``{"i2t_R@k", "t2i_R@k"}`` percentages from caption and image embeddings (dot product)."""
     t2i = _ranks_text_to_image(text_embeddings, image_embeddings, caption_image)

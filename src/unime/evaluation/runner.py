@@ -64,8 +64,10 @@ def run_mmeb(
     chunk_size: int = 1024,
     overwrite: bool = False,
     show_progress_bar: bool = False,
+    groups: dict[str, tuple[str, str]] | None = None,
 ) -> dict[str, float]:
-    """Evaluate ``model`` on MMEB datasets with resumption; returns :func:`summarize_mmeb` metrics.
+    """Evaluate ``model`` on MMEB datasets with resumption; returns :func:`summarize_mmeb` metrics
+    (``groups`` replaces the paper's dataset split in the aggregates).
 
     ``model_id`` names the model in the cache (its path or hub id); ``overwrite`` drops the cache of
     every selected dataset first.
@@ -90,10 +92,14 @@ def run_mmeb(
         scores[name] = score_mmeb_dataset(encoder, dataset, batch_size, show_progress_bar)
         logger.info(
             "MMEB %s: precision@1 %.2f (%d queries, %d distinct candidates, %d inputs encoded here)",
-            name, scores[name], len(dataset.queries), len(dataset.pool), encoder.encoded,
+            name,
+            scores[name],
+            len(dataset.queries),
+            len(dataset.pool),
+            encoder.encoded,
         )
         if is_main_process():
             record = {"dataset": name, "precision@1": scores[name], "fingerprint": fingerprint}
             store.mkdir(parents=True, exist_ok=True)
             (store / RESULT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    return summarize_mmeb(scores)
+    return summarize_mmeb(scores, groups)

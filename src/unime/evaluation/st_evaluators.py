@@ -59,7 +59,11 @@ class UniMEEvaluator(BaseEvaluator):
     ) -> dict[str, float]:
         metrics = self.evaluate(model, self.data, batch_size=self.batch_size)
         if output_path is not None:
-            record = {"epoch": epoch, "steps": steps, "metrics": {k: None if math.isnan(v) else v for k, v in metrics.items()}}
+            record = {
+                "epoch": epoch,
+                "steps": steps,
+                "metrics": {k: None if math.isnan(v) else v for k, v in metrics.items()},
+            }
             with open(Path(output_path) / LOG_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         metrics = self.prefix_name_to_metrics(metrics, self.name)

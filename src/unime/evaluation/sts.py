@@ -80,7 +80,9 @@ def load_sts(path: str | os.PathLike[str], split: str | None = None, name: str |
         raise ValueError(f"{path}: needs columns {' or '.join(map(str, COLUMN_SETS))}; found {sorted(first)}")
     split_column = next((c for c in SPLIT_COLUMNS if c in first), None)
     if split is not None and split_column is None:
-        raise ValueError(f"{path}: --split {split} given but the file has no {' / '.join(SPLIT_COLUMNS)} column")
+        raise ValueError(
+            f"{path}: --split {split} given but the file has no {' / '.join(SPLIT_COLUMNS)} column"
+        )
     sentences1, sentences2, scores = [], [], []
     for line, row in records:
         if split is not None and str(row[split_column]).lower() != split.lower():
@@ -88,7 +90,9 @@ def load_sts(path: str | os.PathLike[str], split: str | None = None, name: str |
         try:
             score = float(row[columns[2]])
         except (TypeError, ValueError):
-            raise ValueError(f"{path}: line {line}: {columns[2]} '{row[columns[2]]}' is not a number") from None
+            raise ValueError(
+                f"{path}: line {line}: {columns[2]} '{row[columns[2]]}' is not a number"
+            ) from None
         sentences1.append(str(row[columns[0]]))
         sentences2.append(str(row[columns[1]]))
         scores.append(score)
@@ -111,7 +115,9 @@ def evaluate_sts(
     metrics = {}
     for dataset in datasets:
         n = len(dataset.sentences1)
-        embeddings = encode_unique(model, [*dataset.sentences1, *dataset.sentences2], batch_size, show_progress_bar)
+        embeddings = encode_unique(
+            model, [*dataset.sentences1, *dataset.sentences2], batch_size, show_progress_bar
+        )
         cosine = row_cosine(embeddings[:n], embeddings[n:])
         metrics[f"sts/{dataset.name}/spearman"] = spearman(cosine, dataset.scores)
     return metrics

@@ -40,7 +40,9 @@ class SugarCrepeSplit:
         if not self.images:
             raise ValueError(f"SugarCrepe split '{self.name}' is empty")
         if not len(self.images) == len(self.captions) == len(self.negatives):
-            raise ValueError(f"SugarCrepe split '{self.name}': images, captions and negatives differ in length")
+            raise ValueError(
+                f"SugarCrepe split '{self.name}': images, captions and negatives differ in length"
+            )
 
 
 def load_sugarcrepe_split(path: str | os.PathLike[str], image_dir: str | os.PathLike[str]) -> SugarCrepeSplit:
@@ -100,10 +102,13 @@ def evaluate_sugarcrepe(
         wins = row_cosine(image, caption) > row_cosine(image, negative)
         metrics[f"sugarcrepe/{split.name}/accuracy"] = percent(int(wins.sum()), n)
     for group, members in SPLIT_GROUPS.items():
-        values = [metrics[f"sugarcrepe/{m}/accuracy"] for m in members if f"sugarcrepe/{m}/accuracy" in metrics]
+        values = [
+            metrics[f"sugarcrepe/{m}/accuracy"] for m in members if f"sugarcrepe/{m}/accuracy" in metrics
+        ]
         if values:
             metrics[f"sugarcrepe/{group}/accuracy"] = float(np.mean(values))
     if splits:
-        metrics["sugarcrepe/average/accuracy"] = float(np.mean([metrics[f"sugarcrepe/{s.name}/accuracy"] for s in splits]))
+        metrics["sugarcrepe/average/accuracy"] = float(
+            np.mean([metrics[f"sugarcrepe/{s.name}/accuracy"] for s in splits])
+        )
     return metrics
-

@@ -1,0 +1,300 @@
+"""``unime eval``: MMEB, image-text retrieval, SugarCrepe and STS benchmarks, and result comparison.
+
+Each task writes ``--output`` (JSON) and a markdown table beside it, prints the table, and with
+``--compare A.json ...`` also prints the new result side by side with earlier ones. Launched with
+``torchrun``, every process loads the model and the encoding is split between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from unime.cli import CLIError
+
+logger = logging.getLogger(__name__)
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="unime model folder, UniME checkpoint, MLLM or hub id")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (under torchrun: cuda:LOCAL_RANK)"
+    )
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"])
+    parser.add_argument("--mode", default=None, choices=["sum", "joint"], help="override the saved mode")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--compare", nargs="+", metavar="RESULT.json", help="print this run beside earlier results"
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="run a benchmark (mmeb, retrieval, sugarcrepe, sts) or compare results",
+        description="Benchmarks of the UniME paper. Every score is a percentage.",
+    )
+    tasks = parser.add_subparsers(dest="task", metavar="TASK")
+    tasks.required = True
+
+    mmeb = tasks.add_parser("mmeb", help="MMEB-eval precision@1 and the paper's table")
+    _model_options(mmeb)
+    mmeb.add_argument(
+        "--data-dir", required=True, help="local TIGER-Lab/MMEB-eval: one folder of parquet per dataset"
+    )
+    mmeb.add_argument("--image-dir", required=True, help="MMEB image root; row paths are relative to it")
+    mmeb.add_argument("--datasets", nargs="+", help="dataset folder names (default: all found)")
+    mmeb.add_argument("--output", required=True, help="result JSON; the markdown table goes beside it")
+    mmeb.add_argument(
+        "--cache-dir", help="per-dataset embeddings and scores (default: OUTPUT without .json + .cache)"
+    )
+    mmeb.add_argument("--overwrite", action="store_true", help="drop cached embeddings and scores first")
+    mmeb.add_argument("--chunk-size", type=int, default=1024, help="inputs per cached chunk")
+    mmeb.add_argument(
+        "--groups",
+        help='JSON {dataset: {"meta_task": ..., "split": "IND"|"OOD"}} replacing the paper\'s 36-dataset split '
+        "(e.g. the synthetic benchmark's mmeb_eval/splits.json)",
+    )
+    mmeb.set_defaults(func=run_mmeb_command)
+
+    retrieval = tasks.add_parser("retrieval", help="image-text R@1/5/10 in both directions")
+    _model_options(retrieval)
+    retrieval.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="Karpathy JSON, CSV/TSV/JSONL (image,caption), ShareGPT4V JSON or Urban1K folder; repeatable",
+    )
+    retrieval.add_argument(
+        "--image-dir", action="append", help="image root, once for all --data or once per --data"
+    )
+    retrieval.add_argument(
+        "--name", action="append", help="dataset name, once per --data (default: from the file)"
+    )
+    retrieval.add_argument(
+        "--format", default="auto", choices=["auto", "karpathy", "table", "sharegpt4v", "urban1k"]
+    )
+    retrieval.add_argument("--split", default="test", help="Karpathy split (default test)")
+    retrieval.add_argument("--limit", type=int, default=1000, help="ShareGPT4V entries to use (default 1000)")
+    retrieval.add_argument("--output", help="result JSON; the markdown table goes beside it")
+    retrieval.set_defaults(func=run_retrieval_command)
+
+    sugarcrepe = tasks.add_parser("sugarcrepe", help="SugarCrepe compositionality accuracy")
+    _model_options(sugarcrepe)
+    sugarcrepe.add_argument("--data-dir", required=True, help="folder with the <split>.json files")
+    sugarcrepe.add_argument("--image-dir", required=True, help="COCO val2017 images")
+    sugarcrepe.add_argument("--splits", nargs="+", help="subset of the 7 splits (default: all present)")
+    sugarcrepe.add_argument("--output", help="result JSON; the markdown table goes beside it")
+    sugarcrepe.set_defaults(func=run_sugarcrepe_command)
+
+    sts = tasks.add_parser("sts", help="STS-B / SICK Spearman x100 of cosine similarity")
+    _model_options(sts)
+    sts.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="STS-B or SICK file (TSV/CSV/JSONL/SICK.txt); repeatable",
+    )
+    sts.add_argument("--split", help="keep rows of this split (SemEval_set / split column), e.g. test")
+    sts.add_argument("--name", action="append", help="dataset name, once per --data (default: from the file)")
+    sts.add_argument("--output", help="result JSON; the markdown table goes beside it")
+    sts.set_defaults(func=run_sts_command)
+
+    compare = tasks.add_parser("compare", help="side-by-side markdown table of result files")
+    compare.add_argument("results", nargs="+", metavar="RESULT.json")
+    compare.add_argument("--output", help="also write the table to this markdown file")
+    compare.set_defaults(func=run_compare_command)
+
+
+def _per_data(values: list[str] | None, count: int, option: str) -> list[str | None]:
+    """An option given once for all ``--data``, once per ``--data``, or not at all."""
+    if not values:
+        return [None] * count
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise CLIError(
+            f"{option} given {len(values)} times for {count} --data; give it once or once per --data"
+        )
+    return list(values)
+
+
+def _init_distributed() -> None:
+    """Join the torchrun process group, if launched by torchrun and not joined yet."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Fail on bad options before reading data or loading the model, not after a long run."""
+    from unime.evaluation.report import read_metrics
+
+    if args.batch_size <= 0:
+        raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+    for path in args.compare or []:
+        read_metrics(path)
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    import unime
+
+    _init_distributed()
+    device = args.device
+    if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    return unime.load(
+        args.model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype, mode=args.mode
+    )
+
+
+def _shared(model: Any) -> Any:
+    """Under torchrun, split the encoding between the processes (in memory, nothing cached)."""
+    from unime.evaluation.encoding import CachedEncoder, distributed_world
+
+    return CachedEncoder(model) if distributed_world()[1] > 1 else model
+
+
+def _finish(args: argparse.Namespace, task: str, metrics: dict[str, float], config: dict[str, Any]) -> int:
+    """Print the table, write the result files (rank 0) and print any comparison."""
+    from unime.evaluation.encoding import is_main_process
+    from unime.evaluation.report import compare_markdown, markdown_report, read_metrics, write_results
+
+    if not is_main_process():
+        return 0
+    print(markdown_report(task, metrics), end="")
+    if args.output:
+        markdown = write_results(args.output, task, metrics, model=args.model, config=config)
+        print(f"wrote {args.output} and {markdown}")
+    if args.compare:
+        label = Path(args.output).stem if args.output else "this run"
+        earlier = [(Path(path).stem, read_metrics(path)) for path in args.compare]
+        print(compare_markdown([*earlier, (label, metrics)]), end="")
+    return 0
+
+
+def read_groups(path: str) -> dict[str, tuple[str, str]]:
+    """Read a --groups file: dataset -> (meta-task, IND/OOD)."""
+    from unime.evaluation.mmeb import META_TASKS
+
+    file = Path(path)
+    if not file.is_file():
+        raise CLIError(f"--groups {file}: file not found")
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CLIError(f"--groups {file}: not valid JSON ({error.msg})") from None
+    groups = {}
+    for name, info in raw.items():
+        meta, split = (info or {}).get("meta_task"), (info or {}).get("split")
+        if meta not in META_TASKS or split not in ("IND", "OOD"):
+            raise CLIError(f"--groups {file}: dataset {name!r} needs meta_task in {META_TASKS} and split IND or OOD")
+        groups[name] = (meta, split)
+    return groups
+
+
+def run_mmeb_command(args: argparse.Namespace) -> int:
+    from unime.evaluation.runner import run_mmeb
+
+    _check_options(args)
+    output = Path(args.output)
+    if output.suffix.lower() != ".json":
+        raise CLIError(f"--output {output}: expected a .json file")
+    if args.chunk_size <= 0:
+        raise CLIError(f"--chunk-size must be positive, got {args.chunk_size}")
+    cache_dir = Path(args.cache_dir) if args.cache_dir else output.with_suffix(".cache")
+    groups = read_groups(args.groups) if args.groups else None
+    model = _load_model(args)
+    metrics = run_mmeb(
+        model,
+        args.data_dir,
+        args.image_dir,
+        cache_dir,
+        names=args.datasets,
+        model_id=args.model,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        overwrite=args.overwrite,
+        show_progress_bar=not args.no_progress,
+        groups=groups,
+    )
+    config = {
+        "data_dir": args.data_dir,
+        "image_dir": args.image_dir,
+        "datasets": args.datasets,
+        "cache_dir": str(cache_dir),
+    }
+    return _finish(args, "mmeb", metrics, config)
+
+
+def run_retrieval_command(args: argparse.Namespace) -> int:
+    from unime.evaluation.retrieval import evaluate_retrieval, load_retrieval
+
+    _check_options(args)
+    image_dirs = _per_data(args.image_dir, len(args.data), "--image-dir")
+    names = args.name or []
+    if names and len(names) != len(args.data):
+        raise CLIError(
+            f"--name given {len(names)} times for {len(args.data)} --data; give it once per --data"
+        )
+    datasets = [
+        load_retrieval(path, image_dir, fmt=args.format, split=args.split, limit=args.limit, name=name)
+        for path, image_dir, name in zip(args.data, image_dirs, names or [None] * len(args.data), strict=True)
+    ]
+    model = _load_model(args)
+    metrics = evaluate_retrieval(_shared(model), datasets, args.batch_size, not args.no_progress)
+    config = {"data": args.data, "image_dir": args.image_dir, "split": args.split, "limit": args.limit}
+    return _finish(args, "retrieval", metrics, config)
+
+
+def run_sugarcrepe_command(args: argparse.Namespace) -> int:
+    from unime.evaluation.sugarcrepe import evaluate_sugarcrepe, load_sugarcrepe
+
+    _check_options(args)
+    splits = load_sugarcrepe(args.data_dir, args.image_dir, args.splits)
+    model = _load_model(args)
+    metrics = evaluate_sugarcrepe(_shared(model), splits, args.batch_size, not args.no_progress)
+    return _finish(args, "sugarcrepe", metrics, {"data_dir": args.data_dir, "image_dir": args.image_dir})
+
+
+def run_sts_command(args: argparse.Namespace) -> int:
+    from unime.evaluation.sts import evaluate_sts, load_sts
+
+    _check_options(args)
+    names = args.name or []
+    if names and len(names) != len(args.data):
+        raise CLIError(
+            f"--name given {len(names)} times for {len(args.data)} --data; give it once per --data"
+        )
+    datasets = [
+        load_sts(path, args.split, name)
+        for path, name in zip(args.data, names or [None] * len(args.data), strict=True)
+    ]
+    model = _load_model(args)
+    metrics = evaluate_sts(_shared(model), datasets, args.batch_size, not args.no_progress)
+    return _finish(args, "sts", metrics, {"data": args.data, "split": args.split})
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    from unime.evaluation.report import compare_files
+
+    table = compare_files(args.results)
+    print(table, end="")
+    if args.output:
+        Path(args.output).write_text(table, encoding="utf-8")
+    return 0

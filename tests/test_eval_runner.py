@@ -1,0 +1,86 @@
+"""Resumable MMEB runs: a resumed run equals an uninterrupted one and re-encodes nothing cached."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from eval_fixtures import CountingModel, RandomModel, write_mmeb_suite
+
+from unime.evaluation.common import input_key
+from unime.evaluation.encoding import CachedEncoder
+from unime.evaluation.mmeb import load_mmeb
+from unime.evaluation.runner import RESULT_FILE, run_mmeb
+
+
+@pytest.fixture
+def suite(tmp_path):
+    return write_mmeb_suite(tmp_path)
+
+
+def _distinct_per_dataset(data_dir, image_dir) -> int:
+    """Inputs to encode when each dataset encodes each of its distinct inputs once."""
+    return sum(len({input_key(x) for x in [*d.queries, *d.pool]}) for d in load_mmeb(data_dir, image_dir))
+
+
+def test_resumed_run_equals_uninterrupted_run(suite, tmp_path):
+    data_dir, image_dir = suite
+    reference = CountingModel(RandomModel())
+    expected = run_mmeb(reference, data_dir, image_dir, tmp_path / "full", model_id="m", chunk_size=4)
+    # Label names shared by two classification datasets are encoded once in each of them.
+    assert reference.total == _distinct_per_dataset(data_dir, image_dir) < 2 * len(reference.counts)
+
+    interrupted = CountingModel(RandomModel(), fail_after_calls=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_mmeb(interrupted, data_dir, image_dir, tmp_path / "resume", model_id="m", chunk_size=4)
+    # "Custom" (first in order) finished and stored its score; the next dataset stopped mid-way.
+    assert (tmp_path / "resume" / "Custom" / RESULT_FILE).is_file()
+    assert not (tmp_path / "resume" / "ImageNet-1K" / RESULT_FILE).exists()
+
+    resumed = CountingModel(RandomModel())
+    assert run_mmeb(resumed, data_dir, image_dir, tmp_path / "resume", model_id="m", chunk_size=4) == expected
+    assert resumed.total + interrupted.total == reference.total
+
+    again = CountingModel(RandomModel())
+    assert run_mmeb(again, data_dir, image_dir, tmp_path / "resume", model_id="m", chunk_size=4) == expected
+    assert again.total == 0
+
+
+def test_cache_of_another_model_is_refused_until_overwrite(suite, tmp_path):
+    data_dir, image_dir = suite
+    run_mmeb(RandomModel(seed=1), data_dir, image_dir, tmp_path / "c", names=["Custom"], model_id="first")
+    with pytest.raises(ValueError, match="belong to model 'first'.*--overwrite"):
+        run_mmeb(
+            RandomModel(seed=2), data_dir, image_dir, tmp_path / "c", names=["Custom"], model_id="second"
+        )
+    second = run_mmeb(
+        RandomModel(seed=2),
+        data_dir,
+        image_dir,
+        tmp_path / "c",
+        names=["Custom"],
+        model_id="second",
+        overwrite=True,
+    )
+    fresh = run_mmeb(
+        RandomModel(seed=2), data_dir, image_dir, tmp_path / "fresh", names=["Custom"], model_id="second"
+    )
+    assert second == fresh
+    stored = json.loads((tmp_path / "c" / "Custom" / RESULT_FILE).read_text())
+    assert stored["precision@1"] == second["mmeb/Custom/precision@1"]
+
+
+def test_cached_encoder_returns_rows_in_input_order_across_chunks(tmp_path):
+    model = RandomModel()
+    items = [f"text {i}" for i in range(10)] + [{"image": "/x/a.png"}, "text 3"]
+    encoder = CachedEncoder(model, tmp_path / "cache", model_id="m", chunk_size=3)
+    assert (encoder.encode(items) == model.encode(items)).all()
+    assert encoder.encoded == 11 and len(list((tmp_path / "cache").glob("chunk-*.safetensors"))) == 4
+    reopened = CachedEncoder(model, tmp_path / "cache", model_id="m")
+    assert (reopened.encode(items[::-1]) == model.encode(items[::-1])).all() and reopened.encoded == 0
+
+
+def test_missing_image_folder_is_named(suite, tmp_path):
+    data_dir, _ = suite
+    with pytest.raises(FileNotFoundError, match="--image-dir"):
+        run_mmeb(RandomModel(), data_dir, tmp_path / "nowhere", tmp_path / "c")
