@@ -238,3 +238,22 @@ def test_prefetching_encode_equals_the_sentence_transformers_loop(tiny_model_fac
     np.testing.assert_allclose(fast, reference, atol=1e-6)
     tensor = model.encode(inputs, batch_size=2, convert_to_tensor=True)
     assert isinstance(tensor, torch.Tensor) and torch.allclose(tensor, torch.from_numpy(fast))
+
+
+def test_a_bare_peft_adapter_folder_loads_on_top_of_its_base(tiny_model_factory, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = tiny_model_factory("llava_next")
+    regex = get_backbone("llava_next").lora_target_regex(llm_only=True)
+    peft_model = get_peft_model(AutoModel.from_pretrained(base), LoraConfig(r=4, target_modules=regex))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")  # adapter files only, no processor
+    got = unime.load(str(tmp_path / "adapter")).encode(["an adapter on a base"])
+    expected_model = unime.load(str(base))
+    expected_model[0].model = PeftModel.from_pretrained(expected_model[0].model, tmp_path / "adapter")
+    np.testing.assert_allclose(got, expected_model.encode(["an adapter on a base"]), atol=1e-6)
+    assert not np.allclose(got, unime.load(str(base)).encode(["an adapter on a base"]), atol=1e-3)

@@ -60,6 +60,18 @@ def read_model_type(name_or_path: str, trust_remote_code: bool = False) -> str:
     return model_type
 
 
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
+
+
+def _processor_source(name_or_path: str) -> str:
+    """Where the processor lives: the folder itself, or the base model of a bare LoRA adapter folder."""
+    path = Path(name_or_path)
+    adapter = path / "adapter_config.json"
+    if not path.is_dir() or not adapter.is_file() or any((path / f).is_file() for f in _PROCESSOR_FILES):
+        return name_or_path
+    return json.loads(adapter.read_text()).get("base_model_name_or_path") or name_or_path
+
+
 class UniMETransformer(Transformer):
     """The sentence-transformers input module of a UniME model.
 
@@ -87,9 +99,12 @@ class UniMETransformer(Transformer):
         kwargs.setdefault("modality_config", {"text": dict(entry), "image": dict(entry)})
         kwargs.setdefault("module_output_name", "token_embeddings")
         kwargs.setdefault("unpad_inputs", False)
+        processor_source = _processor_source(model_name_or_path)
+        if processor_source != model_name_or_path:
+            kwargs.setdefault("tokenizer_name_or_path", processor_source)
         super().__init__(model_name_or_path, transformer_task=backbone.transformer_task, **kwargs)
         self.backbone: Backbone = backbone
-        self._ensure_image_processor(model_name_or_path, kwargs.get("processor_kwargs") or {})
+        self._ensure_image_processor(processor_source, kwargs.get("processor_kwargs") or {})
         self.unime_config = (
             UniMEConfig.from_dict(unime) if unime else backbone.default_config(self.processor)
         )

@@ -35,15 +35,23 @@ _CORPUS = [
     "Summary above sentence in one word:",
     "Summary above image in one word:",
     "Represent the given image with the following question:",
+    "Represent the given image for classification",
+    "Represent the given image. Represent the given cropped image of the object.",
     "Find me an everyday image that matches the given caption.",
+    "Find an image caption describing the given everyday image.",
+    "Select the portion of the image that isolates the object of the given label:",
+    "Select the portion of the image that follows the language expression:",
+    "Given an image, find a similar everyday image with the described changes:",
     "a photo of a red circle left of a blue square on a white table",
-    "A man is playing a guitar. Two dogs run across the green field.",
+    "a large green triangle above a small yellow star, a purple diamond right of a pink hexagon",
+    "a brown square below a black circle, in the center, at the top left, on the right, at the bottom",
+    "How many objects? zero one two three four five six seven eight nine. What colour is the shape?",
+    "A man is playing a guitar. Two dogs run across the green field. A woman is slicing an onion.",
     "What is the colour of the car? The quick brown fox jumps over the lazy dog.",
     "USER: ASSISTANT: [INST] [/INST] user assistant system You are a helpful assistant.",
 ]
 
-
-def build_tokenizer(special_tokens: list[str], vocab_size: int = 600) -> Any:
+def build_tokenizer(special_tokens: list[str], vocab_size: int = 1000) -> Any:
     """A byte-level BPE tokenizer trained in milliseconds, with the given special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
