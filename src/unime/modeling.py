@@ -182,6 +182,10 @@ class UniMETransformer(Transformer):
         if images:
             # Lets the GradCache engine slice image tensors per mini-batch.
             features["num_images_per_sample"] = torch.tensor(counts, dtype=torch.long)
+            if "batch_num_images" in features:
+                # LLaVA-OneVision's processor lists only the rows that have images, which the
+                # engine would slice per row; one entry per row (zeros included) slices correctly.
+                features["batch_num_images"] = features["num_images_per_sample"].clone()
         features["modality"] = "image" if images else "text"
         if self.transformer_task in ("text-generation", "any-to-any"):
             features["logits_to_keep"] = 1
@@ -226,6 +230,11 @@ class UniMEModel(SentenceTransformer):
     @property
     def unime_config(self) -> UniMEConfig:
         return self[0].unime_config
+
+    def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        # The input module renders any mix of texts, images and both in one batch; the library's
+        # modality check in between would refuse mixed batches (e.g. a training column of MMEB rows).
+        return self[0].preprocess(inputs, prompt=prompt, **kwargs)
 
     @property
     def backbone(self) -> Backbone:

