@@ -130,6 +130,7 @@ def apply_tuning(
     lora_alpha: int = 32,
     lora_dropout: float = 0.0,
     target_regex: str | None = None,
+    modules_to_save: list[str] | None = None,
 ) -> dict[str, int]:
     """Choose what learns, in place, and return ``{"trainable": n, "total": N}`` parameter counts.
 
@@ -137,7 +138,9 @@ def apply_tuning(
     linears matched by ``target_regex``, by default the backbone's decoder linears
     (``backbone.lora_target_regex(scope == "llm")``); every other weight is frozen. ``qlora`` needs a
     model loaded 4-bit by :func:`load_for_tuning`. ``full``: every weight of the scope learns (the LLM
-    alone, or the whole model). Seed the RNG before calling: the LoRA A matrices start random.
+    alone, or the whole model). ``modules_to_save`` (LoRA only) names modules trained in full beside
+    the adapter, e.g. a randomly initialised vision tower and projector that LoRA alone cannot
+    teach. Seed the RNG before calling: the LoRA A matrices start random.
     """
     _check_choice("tuning", method, TUNING_METHODS)
     _check_choice("scope", scope, SCOPES)
@@ -149,7 +152,7 @@ def apply_tuning(
     if method == "full":
         _unfreeze(model, scope, target_regex)
     else:
-        _add_lora(model, method, scope, lora_r, lora_alpha, lora_dropout, target_regex)
+        _add_lora(model, method, scope, lora_r, lora_alpha, lora_dropout, target_regex, modules_to_save)
     if scope == "llm":
         # A pattern given by hand must not reach the vision side either.
         for path, module in vision_modules(model).items():
@@ -174,7 +177,8 @@ def _unfreeze(model: Any, scope: str, target_regex: str | None) -> None:
         llm.requires_grad_(True)
 
 
-def _add_lora(model: Any, method: str, scope: str, r: int, alpha: int, dropout: float, target_regex: str | None) -> None:
+def _add_lora(model: Any, method: str, scope: str, r: int, alpha: int, dropout: float, target_regex: str | None,
+              modules_to_save: list[str] | None = None) -> None:
     from peft import LoraConfig, prepare_model_for_kbit_training
 
     if r <= 0 or alpha <= 0 or not 0.0 <= dropout < 1.0:
@@ -184,7 +188,8 @@ def _add_lora(model: Any, method: str, scope: str, r: int, alpha: int, dropout: 
     backbone = model[0].backbone
     regex = target_regex or backbone.lora_target_regex(scope == "llm")
     try:
-        model.add_adapter(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex))
+        model.add_adapter(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex,
+                                     modules_to_save=list(modules_to_save) if modules_to_save else None))
     except ValueError as error:
         raise ValueError(f"LoRA target_regex {regex!r} matched no layer of the {backbone.family} model: {error}") from None
 
@@ -342,6 +347,8 @@ class TrainRecipe:
         scope: ``llm`` (the language model alone; vision tower and projector frozen) or ``all``.
         lora_r, lora_alpha, lora_dropout, lora_target_regex: LoRA settings; the regex defaults to
             the backbone's decoder linears in the scope.
+        modules_to_save: modules trained in full beside the LoRA adapter (e.g. a randomly
+            initialised vision tower and projector, as in the CPU default model).
         learning_rate, warmup_steps, weight_decay, lr_scheduler, max_grad_norm: AdamW and schedule.
         max_steps: optimiser steps; -1 runs ``epochs`` epochs.
         batch_size: rows per optimiser step on all devices together (each of W devices gets
@@ -365,6 +372,7 @@ class TrainRecipe:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_regex: str | None = None
+    modules_to_save: list[str] | None = None
     learning_rate: float = 2e-4
     warmup_steps: int = 5
     weight_decay: float = 0.0

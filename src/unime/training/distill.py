@@ -143,7 +143,7 @@ def build_trainer(recipe: DistillRecipe, callbacks: list[Any] | None = None) -> 
     model = load_for_tuning(recipe.model, method=recipe.tuning, scope=recipe.scope,
                             trust_remote_code=recipe.trust_remote_code)
     apply_tuning(model, recipe.tuning, recipe.scope, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
-                 recipe.lora_target_regex)
+                 recipe.lora_target_regex, recipe.modules_to_save)
     dataset = Dataset.from_dict({"text": sentences, "label": list(range(len(sentences)))})
     loss = SimilarityKLLoss(model, temperature=recipe.temperature, direction=recipe.direction,
                             exclude_diagonal=recipe.exclude_diagonal, mini_batch_size=recipe.mini_batch_size)

@@ -250,7 +250,8 @@ def tune(recipe: TuneRecipe, *, callbacks: list[Any] | None = None) -> Path:
     seed_everything(recipe.seed)
     targets = recipe.lora_target_regex or (WHOLE_MODEL_TARGETS if recipe.scope == "all" else None)
     apply_tuning(model, recipe.tuning, recipe.scope, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
-                 targets if recipe.tuning != "full" else None)
+                 targets if recipe.tuning != "full" else None,
+                 recipe.modules_to_save if recipe.tuning != "full" else None)
     trainer = build_trainer(model, data, recipe, callbacks)
     checkpoint = last_checkpoint(recipe.checkpoint_dir()) if recipe.resume else None
     if recipe.resume:

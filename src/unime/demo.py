@@ -1,0 +1,211 @@
+"""The whole UniME recipe in miniature, offline on a CPU: ``unime demo``.
+
+Generates the synthetic benchmark, builds a model, evaluates it zero-shot, runs stage 1
+(distillation from the MiniLM teacher), stage 2 (hard-negative instruction tuning) after stage 1
+and alone, the negative-type ablations (``all`` in-batch negatives as VLM2Vec, ``easy``,
+``random``), evaluates every model on the same sets, and writes the paper-style tables, the
+cross-modal similarity matrix and the negative-type training curves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Runs in the order they are trained; each starts from the model named by its ``start``.
+STAGE_RUNS = (
+    # name, start, negatives
+    ("stage 1+2", "stage 1", "hard"),
+    ("stage 2", "base", "hard"),
+    ("stage 1+2, all negatives", "stage 1", "all"),
+    ("stage 1+2, random negatives", "stage 1", "random"),
+    ("stage 1+2, easy negatives", "stage 1", "easy"),
+)
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """Sizes of one demo run (see :data:`PRESETS`)."""
+
+    name: str
+    model: str  # "tiny" (random Qwen2-VL) or "smol" (SmolLM2-135M LLaVA-style)
+    image_size: int
+    synth: dict[str, Any]
+    distill_steps: int
+    distill_batch: int
+    distill_lr: float
+    tune_steps: int
+    tune_batch: int
+    tune_mini_batch: int | None
+    tune_lr: float
+    ablation_steps: int
+    eval_batch: int = 32
+    # Ablation runs are evaluated on these only (all runs keep their training curves).
+    ablation_eval: tuple[str, ...] = ("mmeb", "sugarcrepe")
+    bf16: bool = False
+    # What learns in stage 2: the tiny model is small enough to tune in full; the smol model's vision
+    # tower and projector start random, so they train in full beside the LoRA adapter.
+    tune_tuning: str = "lora"
+    tune_full_modules: tuple[str, ...] = ()
+
+
+PRESETS: dict[str, DemoPreset] = {
+    "tiny": DemoPreset(
+        name="tiny", model="tiny", image_size=32,
+        synth=dict(train_per_dataset=48, eval_queries=12, eval_candidates=8, retrieval_images=24,
+                   captions_per_image=2, sugarcrepe_per_split=16, nli_rows=300, sts_pairs=80, image_size=32),
+        distill_steps=15, distill_batch=32, distill_lr=1e-3,
+        tune_steps=15, tune_batch=32, tune_mini_batch=16, tune_lr=1e-3, ablation_steps=10,
+        ablation_eval=("sugarcrepe",), tune_tuning="full",
+    ),
+    "smol": DemoPreset(
+        name="smol", model="smol", image_size=64,
+        synth=dict(train_per_dataset=96, eval_queries=24, eval_candidates=16, retrieval_images=50,
+                   captions_per_image=3, sugarcrepe_per_split=40, nli_rows=600, sts_pairs=200, image_size=64),
+        distill_steps=40, distill_batch=32, distill_lr=2e-4,
+        tune_steps=30, tune_batch=32, tune_mini_batch=16, tune_lr=2e-4, ablation_steps=15, bf16=True,
+        tune_full_modules=("vision_tower", "multi_modal_projector"),
+    ),
+}
+
+
+class _Step:
+    """Prints what the demo is doing and how long each part took."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.index, self.start = total, 0, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self.index += 1
+        print(f"[{self.index}/{self.total} {time.perf_counter() - self.start:6.0f}s] {message}", flush=True)
+
+
+def _log_recorder(path: Path) -> Any:
+    """A trainer callback writing every log line (loss, grad_norm, mining statistics) to a JSONL file."""
+    from transformers import TrainerCallback
+
+    class LogRecorder(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any):
+            if logs and state.is_world_process_zero:
+                with path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    return LogRecorder()
+
+
+def evaluate_model(model_dir: Path, data: Path, batch_size: int, tasks: tuple[str, ...]) -> dict[str, float]:
+    """Every demo metric of one model (percentages), on the synthetic sets."""
+    import unime
+    from unime.evaluation import (evaluate_mmeb, evaluate_retrieval, evaluate_sts, evaluate_sugarcrepe,
+                                  load_mmeb, load_retrieval, load_sts, load_sugarcrepe)
+
+    model = unime.load(str(model_dir))
+    images = data / "images"
+    metrics: dict[str, float] = {}
+    if "mmeb" in tasks:
+        groups = {name: (info["meta_task"], info["split"])
+                  for name, info in json.loads((data / "mmeb_eval" / "splits.json").read_text()).items()}
+        metrics.update(evaluate_mmeb(model, load_mmeb(data / "mmeb_eval", images), batch_size, groups=groups))
+    if "retrieval" in tasks:
+        dataset = load_retrieval(data / "retrieval" / "synth_karpathy.json", images, name="synth")
+        metrics.update(evaluate_retrieval(model, [dataset], batch_size))
+    if "sugarcrepe" in tasks:
+        metrics.update(evaluate_sugarcrepe(model, load_sugarcrepe(data / "sugarcrepe", images), batch_size))
+    if "sts" in tasks:
+        metrics.update(evaluate_sts(model, [load_sts(data / "text" / "sts.jsonl", name="synth")], batch_size))
+    return metrics
+
+
+def _build_base(preset: DemoPreset, folder: Path) -> Path:
+    from unime.tiny import make_smol, make_tiny
+
+    if preset.model == "smol":
+        return make_smol(folder, image_size=preset.image_size)
+    return make_tiny("qwen2_vl", folder, image_size=preset.image_size)
+
+
+def _distill(preset: DemoPreset, base: Path, data: Path, out: Path) -> Path:
+    from unime.training.distill import DistillRecipe, run_distill
+
+    recipe = DistillRecipe(
+        model=str(base), output_dir=str(out), teacher="minilm", data=[str(data / "text" / "nli.csv")],
+        max_steps=preset.distill_steps, batch_size=preset.distill_batch, learning_rate=preset.distill_lr,
+        logging_steps=1, save_steps=max(preset.distill_steps, 1), bf16=preset.bf16, seed=0,
+    )
+    return run_distill(recipe, callbacks=[_log_recorder(out / "training_log.jsonl")])
+
+
+def _tune(preset: DemoPreset, start: Path, data: Path, out: Path, negatives: str, steps: int) -> Path:
+    from unime.training.tune import TuneRecipe, tune
+
+    recipe = TuneRecipe(
+        model=str(start), output_dir=str(out), data=str(data / "mmeb_train"), image_root=str(data / "images"),
+        image_size=preset.image_size, max_steps=steps, batch_size=preset.tune_batch,
+        mini_batch_size=preset.tune_mini_batch, learning_rate=preset.tune_lr, warmup_steps=2,
+        num_hard_negatives=4, negatives=negatives, logging_steps=1, save_steps=max(steps, 1),
+        lora_r=16, lora_alpha=64, lora_dropout=0.0, bf16=preset.bf16, seed=0, tuning=preset.tune_tuning,
+        modules_to_save=list(preset.tune_full_modules) or None,
+    )
+    log = _log_recorder(out / "training_log.jsonl")
+    return tune(recipe, callbacks=[log])
+
+
+def run_demo(out: str | Path, preset_name: str = "smol", *, overwrite: bool = False) -> dict[str, dict[str, float]]:
+    """Run the demo into ``out``; returns ``{model name: metrics}`` and writes report, JSON and figures."""
+    from unime.synth import SynthConfig, generate
+
+    if preset_name not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset_name!r}")
+    preset = PRESETS[preset_name]
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"--out {out} exists and is not empty (use --overwrite)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    step = _Step(total=4 + 2 * len(STAGE_RUNS) + 2)
+    data = out / "data"
+    step(f"generating the synthetic benchmark into {data}")
+    generate(data, SynthConfig(seed=0, **preset.synth))
+    step(f"building the {preset.model} model")
+    models = {"base": _build_base(preset, out / "base")}
+    all_tasks = ("mmeb", "retrieval", "sugarcrepe", "sts")
+    results: dict[str, dict[str, float]] = {}
+    step("evaluating the base model zero-shot")
+    results["base"] = evaluate_model(models["base"], data, preset.eval_batch, all_tasks)
+    step("stage 1: distilling the MiniLM teacher into the language model (text only)")
+    models["stage 1"] = _distill(preset, models["base"], data, out / "stage1")
+    results["stage 1"] = evaluate_model(models["stage 1"], data, preset.eval_batch, all_tasks)
+    for name, start, negatives in STAGE_RUNS:
+        ablation = name.endswith("negatives")
+        steps = preset.ablation_steps if ablation else preset.tune_steps
+        folder = out / name.replace(" ", "").replace(",", "-").replace("+", "")
+        step(f"{name}: stage 2 from the {start} model, {negatives} negatives, {steps} steps")
+        models[name] = _tune(preset, models[start], data, folder, negatives, steps)
+        step(f"evaluating {name}")
+        results[name] = evaluate_model(models[name], data, preset.eval_batch,
+                                       preset.ablation_eval if ablation else all_tasks)
+    step("writing the report and figures")
+    _write_outputs(out, preset, results, models, data)
+    return results
+
+
+def _write_outputs(out: Path, preset: DemoPreset, results: dict[str, dict[str, float]],
+                   models: dict[str, Path], data: Path) -> None:
+    from unime.demo_report import demo_figures, demo_markdown
+
+    (out / "results.json").write_text(json.dumps({"preset": asdict(preset), "results": results}, indent=2) + "\n")
+    figures = demo_figures(out, models, data)
+    logs = {name: folder / "training_log.jsonl" for name, folder in models.items()}
+    report = demo_markdown(preset.name, results, figures, logs)
+    (out / "report.md").write_text(report, encoding="utf-8")
+    print(report)

@@ -1,0 +1,93 @@
+"""Tables and figures of ``unime demo``: the paper's layout, on the synthetic benchmark."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+MMEB_COLUMNS = (("classification", "Class."), ("vqa", "VQA"), ("retrieval", "Retr."), ("grounding", "Ground."),
+                ("IND", "IND"), ("OOD", "OOD"), ("overall", "Overall"))
+MAIN_MODELS = ("base", "stage 1", "stage 2", "stage 1+2")
+ABLATIONS = (("hard", "stage 1+2"), ("all (VLM2Vec)", "stage 1+2, all negatives"),
+             ("random", "stage 1+2, random negatives"), ("easy", "stage 1+2, easy negatives"))
+
+
+def _cell(metrics: Mapping[str, float], key: str) -> str:
+    value = metrics.get(key)
+    return "-" if value is None or not np.isfinite(value) else f"{value:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _training_summary(log: Path) -> tuple[float, float, float]:
+    """Mean loss and gradient norm over the last half of a run, and the mean false-negative rate."""
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    steps = [e for e in entries if "loss" in e]
+    tail = steps[len(steps) // 2 :] or steps
+    mean = lambda name, rows: float(np.mean([e[name] for e in rows if name in e])) if any(  # noqa: E731
+        name in e for e in rows) else float("nan")
+    return mean("loss", tail), mean("grad_norm", tail), mean("false_negative_rate", steps)
+
+
+def demo_markdown(preset: str, results: Mapping[str, Mapping[str, float]], figures: Mapping[str, str],
+                  logs: Mapping[str, Path] | None = None) -> str:
+    """The demo report: MMEB by meta-task and IND/OOD, retrieval, SugarCrepe, STS, and the negatives ablation."""
+    lines = [f"# UniME demo ({preset} preset, synthetic benchmark)", ""]
+    models = [m for m in MAIN_MODELS if m in results]
+    lines += ["## MMEB-style precision@1", ""]
+    lines += _table(["Model"] + [title for _, title in MMEB_COLUMNS],
+                    [[m] + [_cell(results[m], f"mmeb/{key}/precision@1") for key, _ in MMEB_COLUMNS] for m in models])
+    lines += ["", "## Zero-shot retrieval (R@1), compositionality (SugarCrepe accuracy), STS (Spearman)", ""]
+    lines += _table(
+        ["Model", "I2T", "T2I", "Replace", "Swap", "Add", "STS"],
+        [[m, _cell(results[m], "retrieval/synth/i2t_R@1"), _cell(results[m], "retrieval/synth/t2i_R@1"),
+          _cell(results[m], "sugarcrepe/replace/accuracy"), _cell(results[m], "sugarcrepe/swap/accuracy"),
+          _cell(results[m], "sugarcrepe/add/accuracy"), _cell(results[m], "sts/synth/spearman")] for m in models],
+    )
+    ablations = [(label, name) for label, name in ABLATIONS if name in results]
+    if ablations:
+        lines += ["", "## Stage 2 negatives (from the stage-1 model)", ""]
+        rows = []
+        for label, name in ablations:
+            loss = grad = fn_rate = float("nan")
+            if logs and name in logs and logs[name].is_file():
+                loss, grad, fn_rate = _training_summary(logs[name])
+            rows.append([label, f"{loss:.3f}", f"{grad:.3g}", f"{100 * fn_rate:.1f}",
+                         _cell(results[name], "mmeb/overall/precision@1"),
+                         _cell(results[name], "sugarcrepe/replace/accuracy"),
+                         _cell(results[name], "sugarcrepe/swap/accuracy")])
+        lines += _table(["Negatives", "loss (2nd half)", "grad norm (2nd half)", "false neg. dropped %",
+                         "MMEB overall", "Replace", "Swap"], rows)
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{title}]({path})" for title, path in figures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def demo_figures(out: Path, models: Mapping[str, Path], data: Path, n: int = 20) -> dict[str, str]:
+    """The cross-modal similarity matrices and the negative-type training curves, as PNG files."""
+    import unime
+    from unime.evaluation.plots import (first_pairs, plot_similarity, plot_training, read_training_log,
+                                        similarity_matrix)
+    from unime.evaluation.retrieval import load_retrieval
+
+    figures: dict[str, str] = {}
+    dataset = load_retrieval(data / "retrieval" / "synth_karpathy.json", data / "images", name="synth")
+    images, captions = first_pairs(dataset, min(n, len(dataset.images)))
+    matrices = []
+    for name in ("base", "stage 1", "stage 1+2"):
+        if name in models:
+            matrices.append((name, similarity_matrix(unime.load(str(models[name])), images, captions)))
+    if matrices:
+        plot_similarity(matrices, out / "similarity.png")
+        figures["Cross-modal cosine similarity of image-caption pairs"] = "similarity.png"
+    logs = [read_training_log(models[name] / "training_log.jsonl", label)
+            for label, name in ABLATIONS if name in models and (models[name] / "training_log.jsonl").is_file()]
+    if logs:
+        plot_training(logs, out / "negatives.png")
+        figures["Stage-2 loss and gradient norm by negative type"] = "negatives.png"
+    return figures
