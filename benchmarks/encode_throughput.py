@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=56)
+    parser.add_argument("--model", default=None, help="a model folder instead of a fresh tiny Qwen2-VL")
     args = parser.parse_args()
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
@@ -46,7 +47,8 @@ def main() -> None:
         for _ in range(args.items)
     ]
     with tempfile.TemporaryDirectory() as folder:
-        model = unime.load(str(make_tiny("qwen2_vl", folder, image_size=args.image_size)))
+        path = args.model or str(make_tiny("qwen2_vl", folder, image_size=args.image_size))
+        model = unime.load(path)
         model.eval()
         rows = []
         for name, inputs in (("text", texts), ("image", images)):
@@ -68,7 +70,7 @@ def main() -> None:
             t_bare, t_pipe = _time(bare, args.repeats), _time(pipeline, args.repeats)
             rows.append((name, len(inputs) / t_bare, len(inputs) / t_pipe, t_bare / t_pipe))
     print(
-        f"tiny qwen2_vl, {args.items} items, batch {args.batch_size}, best of {args.repeats}, "
+        f"{args.model or 'tiny qwen2_vl'}, {args.items} items, batch {args.batch_size}, best of {args.repeats}, "
         f"{torch.get_num_threads()} threads\n"
     )
     print("| input | bare forward (items/s) | unime encode (items/s) | encode / bare |")

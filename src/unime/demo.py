@@ -159,7 +159,7 @@ def _tune(preset: DemoPreset, start: Path, data: Path, out: Path, negatives: str
     return tune(recipe, callbacks=[log])
 
 
-def run_demo(out: str | Path, preset_name: str = "smol", *, overwrite: bool = False) -> dict[str, dict[str, float]]:
+def run_demo(out: str | Path, preset_name: str = "tiny", *, overwrite: bool = False) -> dict[str, dict[str, float]]:
     """Run the demo into ``out``; returns ``{model name: metrics}`` and writes report, JSON and figures."""
     from unime.synth import SynthConfig, generate
 

@@ -13,9 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stage 2 (after stage 1 and alone), the negative-type ablations, evaluate every model, and write "
         "report.md, results.json and figures into --out.",
     )
-    parser.add_argument("--preset", choices=["smol", "tiny"], default="smol",
-                        help="smol: SmolLM2-135M LLaVA-style model (about 15 min on 2 cores); "
-                        "tiny: tiny random Qwen2-VL (about 3 min)")
+    parser.add_argument("--preset", choices=["tiny", "smol"], default="tiny",
+                        help="tiny (default): tiny random Qwen2-VL, minutes on 2 cores; smol: the SmolLM2-135M "
+                        "LLaVA-style CPU default model, much slower (its full run is not yet measured)")
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.set_defaults(func=run)

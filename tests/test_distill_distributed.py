@@ -1,0 +1,98 @@
+"""Two gloo processes with half the batch each train exactly like one process with the whole batch.
+
+Through the real pieces: the tiny model with its LoRA adapter, :class:`SimilarityKLLoss` (with and
+without GradCache), DistributedDataParallel's gradient averaging and the loss-scaling rule of
+:mod:`unime.training.common`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+pytestmark = pytest.mark.distributed
+
+SENTENCES = ["a red cat sits", "two dogs run in a park", "the sky is blue today", "a man plays the guitar",
+             "children swim in the lake", "a woman reads a long book", "the train is late", "birds sing"]
+MINI_BATCH_SIZES = (None, 2)
+
+
+def _student(model_path: str):
+    from unime.training.common import apply_tuning, load_for_tuning, seed_everything
+
+    seed_everything(0)
+    model = load_for_tuning(model_path)
+    apply_tuning(model, "lora", "llm", lora_r=4, lora_alpha=8)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        # lora_B starts at zero, which would leave lora_A without gradient.
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return model
+
+
+def _teacher() -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(len(SENTENCES), 12, generator=torch.Generator().manual_seed(2)), dim=-1)
+
+
+def _loss_and_grads(model, wrapped, rows: slice, mini_batch_size) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    from unime.losses import SimilarityKLLoss
+
+    model.zero_grad(set_to_none=True)
+    loss_fn = SimilarityKLLoss(model, mini_batch_size=mini_batch_size)
+    loss_fn.model = wrapped
+    features = model.preprocess(SENTENCES[rows])
+    features.pop("modality", None)
+    loss = loss_fn([features], _teacher()[rows])
+    loss.backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def _worker(rank: int, world: int, port: int, model_path: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = _student(model_path)
+        wrapped = DistributedDataParallel(model, find_unused_parameters=False)
+        half = len(SENTENCES) // world
+        for mini_batch_size in MINI_BATCH_SIZES:
+            loss, grads = _loss_and_grads(model, wrapped, slice(rank * half, (rank + 1) * half), mini_batch_size)
+            losses = [torch.zeros(()) for _ in range(world)]
+            dist.all_gather(losses, loss)
+            if rank == 0:
+                save_file({"loss": torch.stack(losses).mean().reshape(1), **grads},
+                          os.path.join(out_dir, f"ddp-{mini_batch_size}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_with_half_the_batch_equal_one_with_the_whole_batch(tiny_model_factory, tmp_path):
+    model_path = str(tiny_model_factory("llava"))
+    mp.spawn(_worker, args=(2, _free_port(), model_path, str(tmp_path)), nprocs=2, join=True)
+    model = _student(model_path)
+    for mini_batch_size in MINI_BATCH_SIZES:
+        loss, grads = _loss_and_grads(model, model, slice(None), mini_batch_size)
+        distributed = load_file(str(tmp_path / f"ddp-{mini_batch_size}.safetensors"))
+        assert torch.allclose(distributed.pop("loss")[0], loss, atol=1e-6)
+        assert distributed.keys() == grads.keys() and len(grads) == 28
+        for name, grad in grads.items():
+            assert grad.abs().max() > 0, name
+            # float32 sums in another order: agreement to 1e-5 of the gradient's scale.
+            assert torch.allclose(distributed[name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item()), name
