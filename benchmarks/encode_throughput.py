@@ -37,8 +37,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=56)
     parser.add_argument("--model", default=None, help="a model folder instead of a fresh tiny Qwen2-VL")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     words = "the a red blue small large circle square dog cat runs sits on under left of near".split()
     texts = [" ".join(rng.choice(words, size=rng.integers(4, 24))) for _ in range(args.items)]
@@ -59,12 +61,12 @@ def main() -> None:
                 for s in range(0, len(inputs), args.batch_size)
             ]
 
-            def bare() -> None:
+            def bare(batches: list = batches) -> None:
                 with torch.inference_mode():
                     for features in batches:
                         model(dict(features))["sentence_embedding"].numpy()
 
-            def pipeline() -> None:
+            def pipeline(inputs: list = inputs) -> None:
                 model.encode(inputs, batch_size=args.batch_size)
 
             t_bare, t_pipe = _time(bare, args.repeats), _time(pipeline, args.repeats)

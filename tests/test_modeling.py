@@ -70,7 +70,7 @@ def _reference_embeddings(folder, prompts, images):
     processor.tokenizer.padding_side = "left"
     model = AutoModel.from_pretrained(folder).eval()
     rows = []
-    for prompt, image in zip(prompts, images):
+    for prompt, image in zip(prompts, images, strict=True):
         kwargs = {"text": [prompt], "return_tensors": "pt"}
         if image is not None:
             kwargs["images"] = [image]

@@ -105,8 +105,16 @@ def _log_recorder(path: Path) -> Any:
 def evaluate_model(model_dir: Path, data: Path, batch_size: int, tasks: tuple[str, ...]) -> dict[str, float]:
     """Every demo metric of one model (percentages), on the synthetic sets."""
     import unime
-    from unime.evaluation import (evaluate_mmeb, evaluate_retrieval, evaluate_sts, evaluate_sugarcrepe,
-                                  load_mmeb, load_retrieval, load_sts, load_sugarcrepe)
+    from unime.evaluation import (
+        evaluate_mmeb,
+        evaluate_retrieval,
+        evaluate_sts,
+        evaluate_sugarcrepe,
+        load_mmeb,
+        load_retrieval,
+        load_sts,
+        load_sugarcrepe,
+    )
 
     model = unime.load(str(model_dir))
     images = data / "images"

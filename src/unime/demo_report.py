@@ -71,8 +71,13 @@ def demo_markdown(preset: str, results: Mapping[str, Mapping[str, float]], figur
 def demo_figures(out: Path, models: Mapping[str, Path], data: Path, n: int = 20) -> dict[str, str]:
     """The cross-modal similarity matrices and the negative-type training curves, as PNG files."""
     import unime
-    from unime.evaluation.plots import (first_pairs, plot_similarity, plot_training, read_training_log,
-                                        similarity_matrix)
+    from unime.evaluation.plots import (
+        first_pairs,
+        plot_similarity,
+        plot_training,
+        read_training_log,
+        similarity_matrix,
+    )
     from unime.evaluation.retrieval import load_retrieval
 
     figures: dict[str, str] = {}

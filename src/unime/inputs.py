@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-ImageLike = Union[Image.Image, str, os.PathLike]
+ImageLike = Image.Image | str | os.PathLike
 
 _ALLOWED_KEYS = frozenset({"text", "image", "instruction"})
 

@@ -273,7 +273,7 @@ class UniMEModel(SentenceTransformer):
                 if index + 2 < len(batches):
                     pending.append(pool.submit(prepare, batches[index + 2]))
                 embeddings = self(batch_to_device(features, device))["sentence_embedding"]
-                for position, row in zip(batch, embeddings.float().cpu()):
+                for position, row in zip(batch, embeddings.float().cpu(), strict=True):
                     outputs[position] = row
                 progress.update(1)
         progress.close()

@@ -11,7 +11,6 @@ LLaVA-style model whose language model is the real SmolLM2-135M-Instruct (from t
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -148,7 +147,12 @@ def _build_llava(family: str, image_size: int) -> tuple[Any, Any]:
     text = _text_config(len(tokenizer), model_type="llama")
     vision = _clip_vision(image_size)
     if family == "llava":
-        from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+        from transformers import (
+            CLIPImageProcessor,
+            LlavaConfig,
+            LlavaForConditionalGeneration,
+            LlavaProcessor,
+        )
 
         config = LlavaConfig(text_config=text, vision_config=vision, image_token_index=image_id,
                              vision_feature_select_strategy="default", vision_feature_layer=-1)
@@ -161,8 +165,12 @@ def _build_llava(family: str, image_size: int) -> tuple[Any, Any]:
         return model, processor
     pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
     if family == "llava_next":
-        from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration,
-                                  LlavaNextImageProcessor, LlavaNextProcessor)
+        from transformers import (
+            LlavaNextConfig,
+            LlavaNextForConditionalGeneration,
+            LlavaNextImageProcessor,
+            LlavaNextProcessor,
+        )
 
         text["model_type"] = "mistral"
         config = LlavaNextConfig(text_config=text, vision_config=vision, image_token_index=image_id,
@@ -175,8 +183,11 @@ def _build_llava(family: str, image_size: int) -> tuple[Any, Any]:
         processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
                                        vision_feature_select_strategy="default", num_additional_image_tokens=1)
         return model, processor
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionImageProcessor)
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+    )
 
     from unime.processors import ImageOnlyLlavaOnevisionProcessor
 
@@ -239,8 +250,14 @@ def smollm2_gguf() -> Path:
 def make_smol(out_dir: str | Path, *, image_size: int = 64, seed: int = 0) -> Path:
     """The embedded default: a LLaVA-1.5-style model (small random CLIP tower + projector) around the
     real SmolLM2-135M-Instruct, saved as a unime model with ChatML UniME prompts."""
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     from unime.modeling import build_model
 
