@@ -87,6 +87,20 @@ class MTEBEncoder:
         embeddings = self.model.encode(rows, batch_size=self.batch_size, show_progress_bar=False)
         return np.asarray(embeddings, dtype=np.float32)
 
+    @property
+    def mteb_model_meta(self) -> Any:
+        """mteb's model metadata: what sentence-transformers reports, plus the image modality and the
+        use of instructions (mteb routes image tasks only to models that declare images)."""
+        from mteb.models import ModelMeta
+        from sentence_transformers import SentenceTransformer
+
+        if isinstance(self.model, SentenceTransformer):
+            meta = ModelMeta.from_sentence_transformer_model(self.model)
+        else:
+            meta = ModelMeta.create_empty()
+        return meta.model_copy(update={"modalities": ["text", "image"], "use_instructions": True,
+                                       "similarity_fn_name": meta.similarity_fn_name or "cosine"})
+
     def similarity(self, embeddings1: Any, embeddings2: Any) -> np.ndarray:
         """Cosine similarity matrix [n1, n2]."""
         left, right = _unit(embeddings1), _unit(embeddings2)
