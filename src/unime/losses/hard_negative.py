@@ -121,7 +121,9 @@ def mine_negatives(
 
 def _cosine_scores(query: Tensor, pool: Tensor) -> Tensor:
     dtype = torch.promote_types(query.dtype, torch.float32)
-    return F.normalize(query.to(dtype), dim=-1) @ F.normalize(pool.to(dtype), dim=-1).T
+    # At least float32, also inside an autocast region: the scores are divided by tau = 0.02.
+    with torch.autocast(query.device.type, enabled=False):
+        return F.normalize(query.to(dtype), dim=-1) @ F.normalize(pool.to(dtype), dim=-1).T
 
 
 def hard_negative_infonce_rows(

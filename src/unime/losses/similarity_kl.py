@@ -57,9 +57,11 @@ def _similarity_logits(rows: Tensor, columns: Tensor, temperature: float) -> Ten
     most of its resolution.
     """
     dtype = torch.promote_types(rows.dtype, torch.float32)
-    rows = F.normalize(rows.to(dtype), dim=-1)
-    columns = F.normalize(columns.to(device=rows.device, dtype=dtype), dim=-1)
-    return rows @ columns.T / temperature
+    # An enclosing autocast would run the matmul in bf16 whatever the input dtype.
+    with torch.autocast(rows.device.type, enabled=False):
+        rows = F.normalize(rows.to(dtype), dim=-1)
+        columns = F.normalize(columns.to(device=rows.device, dtype=dtype), dim=-1)
+        return rows @ columns.T / temperature
 
 
 def _drop_columns(logits: Tensor, self_columns: Tensor) -> Tensor:

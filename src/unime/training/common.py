@@ -44,7 +44,6 @@ _STAGING = ".staging"
 _RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
-
 def _submodule(root: torch.nn.Module, dotted: str) -> torch.nn.Module | None:
     """The module at ``dotted`` inside ``root``, also when ``root`` wraps it under a prefix."""
     for name, module in root.named_modules():
@@ -225,7 +224,6 @@ def _check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
 
 
-
 class UniMETrainer(SentenceTransformerTrainer):
     """``SentenceTransformerTrainer`` with three narrow additions for long runs.
 
@@ -321,7 +319,6 @@ def last_checkpoint(folder: str | Path) -> str | None:
     """The last complete ``checkpoint-N`` in ``folder`` (staging folders are never complete), or None."""
     folder = Path(folder)
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
-
 
 
 def resolve_recipe(name_or_path: str | Path) -> Path:
@@ -484,7 +481,6 @@ def seed_everything(seed: int) -> None:
     from transformers import set_seed
 
     set_seed(seed)
-
 
 
 def save_final(model: Any, output_dir: str | Path, stage_name: str, recipe: TrainRecipe | None = None) -> Path:

@@ -209,6 +209,15 @@ def build_cache(
         raise ValueError(f"{folder}: exists, is not empty and is not a teacher cache")
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / MANIFEST, {**wanted, "complete": False})
+    shards, dim = _write_shards(folder, spec, sentences, shard_size, dtype,
+                                dict(batch_size=batch_size, trust_remote_code=trust_remote_code, device=device))
+    _write_json(folder / MANIFEST, {**wanted, "dim": dim, "shards": shards, "complete": True})
+    return TeacherCache.open(folder, sentences, spec)
+
+
+def _write_shards(folder: Path, spec: TeacherSpec, sentences: list[str], shard_size: int, dtype: str,
+                  settings: dict[str, Any]) -> tuple[list[str], int]:
+    """Embed every shard not already on disk; each is written to a temporary name and renamed."""
     shards = [f"shard-{i:05d}.npy" for i in range((len(sentences) + shard_size - 1) // shard_size)]
     teacher = None
     dim = None
@@ -218,16 +227,15 @@ def build_cache(
             dim = dim or int(np.load(folder / name, mmap_mode="r").shape[1])
             continue
         if teacher is None:
-            teacher = load_teacher(spec, trust_remote_code=trust_remote_code, device=device)
-        embeddings = _embed(teacher, spec, rows, batch_size).astype(dtype)
+            teacher = load_teacher(spec, trust_remote_code=settings["trust_remote_code"], device=settings["device"])
+        embeddings = _embed(teacher, spec, rows, settings["batch_size"]).astype(dtype)
         dim = embeddings.shape[1]
         temporary = folder / f".{name}.tmp"
         with temporary.open("wb") as handle:
             np.save(handle, embeddings, allow_pickle=False)
         os.replace(temporary, folder / name)
         logger.info("teacher cache: shard %d/%d written (%d sentences)", index + 1, len(shards), len(rows))
-    _write_json(folder / MANIFEST, {**wanted, "dim": dim, "shards": shards, "complete": True})
-    return TeacherCache.open(folder, sentences, spec)
+    return shards, int(dim)
 
 
 def _embed(teacher: Any, spec: TeacherSpec, sentences: list[str], batch_size: int) -> np.ndarray:
