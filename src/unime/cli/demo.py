@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report.md, results.json and figures into --out.",
     )
     parser.add_argument("--preset", choices=["tiny", "smol"], default="tiny",
-                        help="tiny (default): tiny random Qwen2-VL, minutes on 2 cores; smol: the SmolLM2-135M "
+                        help="tiny (default): tiny random Qwen2-VL, about a minute on 2 cores; smol: the SmolLM2-135M "
                         "LLaVA-style CPU default model, much slower (its full run is not yet measured)")
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
