@@ -10,23 +10,16 @@ statistics the trainer logs.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from torch import Tensor, nn
 
+from unime.losses.base import EmbeddingLoss, _check_temperature
 from unime.losses.distributed import gather_with_grad, global_mean, world_size
-from unime.losses.similarity_kl import (
-    UNIME_CITATION,
-    _check_matrix,
-    _check_mini_batch_size,
-    _check_temperature,
-    _has_static_embedding,
-)
+from unime.losses.similarity_kl import _check_matrix
 
 NEGATIVE_MODES = ("hard", "random", "easy", "all")
 
@@ -242,7 +235,7 @@ def hard_negative_infonce(
     return row_losses.mean()
 
 
-class HardNegativeInfoNCELoss(CachedLossMixin, nn.Module):
+class HardNegativeInfoNCELoss(EmbeddingLoss):
     """The UniME stage-2 loss (:func:`hard_negative_infonce`) as a sentence-transformers loss.
 
     Dataset columns: (query, positive) or (query, positive, negative_1, ..., negative_n); no labels.
@@ -276,47 +269,19 @@ class HardNegativeInfoNCELoss(CachedLossMixin, nn.Module):
         mini_batch_size: int | None = None,
         gather_across_devices: bool = True,
     ) -> None:
-        super().__init__()
-        _check_temperature(temperature)
+        super().__init__(model, temperature, mini_batch_size, gather_across_devices)
         _check_mining_options(num_hard_negatives, false_negative_margin, negatives)
-        _check_mini_batch_size(mini_batch_size)
-        if mini_batch_size is not None and _has_static_embedding(model):
-            raise ValueError(
-                "mini_batch_size needs a model whose inputs split along the batch (not StaticEmbedding)"
-            )
-        self.model = model
-        self.temperature = float(temperature)
         self.num_hard_negatives = num_hard_negatives
         self.false_negative_margin = float(false_negative_margin)
         self.negatives = negatives
-        self.mini_batch_size = mini_batch_size  # type: ignore[assignment]
-        self.gather_across_devices = bool(gather_across_devices)
-        # The trainer asks this to know whether the backward pass re-embeds the inputs.
-        self.uses_gradient_cache = mini_batch_size is not None
         self.last_stats: dict[str, float] = {}
         self.last_mining: MiningResult | None = None
 
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
-        features = list(sentence_features)
-        if len(features) < 2:
-            raise ValueError(
-                f"HardNegativeInfoNCELoss needs the columns (query, positive[, negative ...]), got {len(features)}"
-            )
-        if self.mini_batch_size is not None:
-            return self.forward_cached(features, labels)
-        return self.compute([self.model(feature)["sentence_embedding"] for feature in features])
+    def check_columns(self, count: int) -> None:
+        if count < 2:
+            raise ValueError(f"HardNegativeInfoNCELoss needs the columns (query, positive[, negative ...]), got {count}")
 
-    def calculate_loss(
-        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
-    ) -> Tensor:
-        """The GradCache step (2): the loss over the whole batch from the per-mini-batch embeddings."""
-        loss = self.compute([torch.cat(column) for column in reps])
-        if with_backward:
-            loss.backward()
-            loss = loss.detach()
-        return loss
-
-    def compute(self, embeddings: list[Tensor]) -> Tensor:
+    def compute(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
         """The loss of this rank's queries from the embeddings of each column (query first)."""
         query = embeddings[0]
         ranks = world_size() if self.gather_across_devices else 1
@@ -349,7 +314,3 @@ class HardNegativeInfoNCELoss(CachedLossMixin, nn.Module):
             "mini_batch_size": self.mini_batch_size,
             "gather_across_devices": self.gather_across_devices,
         }
-
-    @property
-    def citation(self) -> str:
-        return UNIME_CITATION

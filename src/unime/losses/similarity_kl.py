@@ -8,35 +8,17 @@ Only the n x m similarity matrices meet, so student and teacher dimensions may d
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from sentence_transformers.base.losses.gradcache import CachedLossMixin, has_static_embedding_input
 from torch import Tensor, nn
 
+from unime.losses.base import EmbeddingLoss, _check_temperature
 from unime.losses.distributed import gather_with_grad, global_mean, world_size
 
 DIRECTIONS = ("student_teacher", "teacher_student")
 
-UNIME_CITATION = """
-@misc{gu2025unime,
-    title={Breaking the Modality Barrier: Universal Embedding Learning with Multimodal LLMs},
-    author={Tiancheng Gu and Kaicheng Yang and Ziyong Feng and Xingjun Wang and Yanzhao Zhang and
-            Dingkun Long and Yingda Chen and Weidong Cai and Jiankang Deng},
-    year={2025},
-    eprint={2504.17432},
-    archivePrefix={arXiv},
-    primaryClass={cs.CV}
-}
-"""
-
-
-def _check_temperature(temperature: float) -> None:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
 
 
 def _check_direction(direction: str) -> None:
@@ -194,11 +176,6 @@ def similarity_kl(
     return rows.mean()
 
 
-def _check_mini_batch_size(mini_batch_size: int | None) -> None:
-    if mini_batch_size is not None and (not isinstance(mini_batch_size, int) or mini_batch_size <= 0):
-        raise ValueError(f"mini_batch_size must be a positive integer or None, got {mini_batch_size!r}")
-
-
 def _teacher_columns(labels: Tensor | None, num_columns: int, rows: int) -> list[Tensor]:
     """Split the ``labels`` of a batch into one teacher matrix [rows, d_t] per text column."""
     if labels is None:
@@ -216,7 +193,7 @@ def _teacher_columns(labels: Tensor | None, num_columns: int, rows: int) -> list
     return [labels[:, column] for column in range(num_columns)]
 
 
-class SimilarityKLLoss(CachedLossMixin, nn.Module):
+class SimilarityKLLoss(EmbeddingLoss):
     """The UniME stage-1 distillation loss (:func:`similarity_kl`) as a sentence-transformers loss.
 
     Inputs:
@@ -254,44 +231,16 @@ class SimilarityKLLoss(CachedLossMixin, nn.Module):
         mini_batch_size: int | None = None,
         gather_across_devices: bool = True,
     ) -> None:
-        super().__init__()
-        _check_temperature(temperature)
+        super().__init__(model, temperature, mini_batch_size, gather_across_devices)
         _check_direction(direction)
-        _check_mini_batch_size(mini_batch_size)
-        if mini_batch_size is not None and _has_static_embedding(model):
-            raise ValueError(
-                "mini_batch_size needs a model whose inputs split along the batch (not StaticEmbedding)"
-            )
-        self.model = model
-        self.temperature = float(temperature)
         self.direction = direction
         self.exclude_diagonal = bool(exclude_diagonal)
-        self.mini_batch_size = mini_batch_size  # type: ignore[assignment]
-        self.gather_across_devices = bool(gather_across_devices)
-        # The trainer asks this to know whether the backward pass re-embeds the inputs.
-        self.uses_gradient_cache = mini_batch_size is not None
 
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
-        features = list(sentence_features)
-        if len(features) not in (1, 2):
-            raise ValueError(
-                f"SimilarityKLLoss takes one text column (in-batch) or two (anchor, paired), got {len(features)}"
-            )
-        if self.mini_batch_size is not None:
-            return self.forward_cached(features, labels)
-        return self.compute([self.model(feature)["sentence_embedding"] for feature in features], labels)
+    def check_columns(self, count: int) -> None:
+        if count not in (1, 2):
+            raise ValueError(f"SimilarityKLLoss takes one text column (in-batch) or two (anchor, paired), got {count}")
 
-    def calculate_loss(
-        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
-    ) -> Tensor:
-        """The GradCache step (2): the loss over the whole batch from the per-mini-batch embeddings."""
-        loss = self.compute([torch.cat(column) for column in reps], labels)
-        if with_backward:
-            loss.backward()
-            loss = loss.detach()
-        return loss
-
-    def compute(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:
+    def compute(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
         """The loss of this rank's rows from the student embeddings of each column and the labels."""
         student = embeddings[0]
         teachers = _teacher_columns(labels, len(embeddings), student.shape[0])
@@ -326,16 +275,3 @@ class SimilarityKLLoss(CachedLossMixin, nn.Module):
             "mini_batch_size": self.mini_batch_size,
             "gather_across_devices": self.gather_across_devices,
         }
-
-    @property
-    def citation(self) -> str:
-        return UNIME_CITATION
-
-
-def _has_static_embedding(model: nn.Module) -> bool:
-    """Whether ``model`` is a SentenceTransformer embedding through a StaticEmbedding (no batch axis)."""
-    from sentence_transformers import SentenceTransformer
-
-    return isinstance(getattr(model, "_orig_mod", model), SentenceTransformer) and has_static_embedding_input(
-        model
-    )
