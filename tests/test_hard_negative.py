@@ -235,6 +235,7 @@ def test_loss_class_matches_the_function_and_reports_statistics():
     assert torch.equal(loss_fn.last_mining.indices, mining.indices)
     expected_stats = {
         "false_negative_rate": mining.dropped.sum().item() / (6 * 11),
+        "duplicate_rate": 0.0,
         "negative_similarity": scores[mining.selected].mean().item(),
         "positive_similarity": scores.diagonal().mean().item(),
     }
@@ -265,8 +266,103 @@ def test_loss_class_rejects_a_single_column_and_reports_its_config():
         "num_hard_negatives": 8,
         "false_negative_margin": 0.1,
         "negatives": "hard",
+        "exclude_duplicates": True,
         "mini_batch_size": 4,
         "gather_across_devices": True,
     }
     with pytest.raises(ValueError, match="negatives must be one of"):
         HardNegativeInfoNCELoss(_LinearEncoder(), negatives="hardest")
+
+
+# Copies of the positive: classification and VQA batches repeat the same answer text.
+
+
+def _class_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A perfect encoder on 6 rows of 3 classes: each query equals its class vector, and so does each
+    positive, so rows of the same class have identical positives (content ids = class)."""
+    classes = torch.tensor([0, 1, 2, 0, 1, 2])
+    vectors = torch.eye(3, dtype=torch.float64)[classes]
+    return vectors.clone(), vectors.clone(), classes
+
+
+def test_copies_of_the_positive_floor_the_margin_rule_and_ids_remove_the_floor():
+    query, positive, classes = _class_batch()
+    # Margin rule alone: the copy scores exactly S[i, i] = 1, survives the filter, and is the hardest
+    # negative; with k = 1 every row's loss is log(1 + e^0) = ln 2, whatever the temperature.
+    plain = hard_negative_infonce(query, positive, temperature=0.02, num_hard_negatives=1)
+    assert plain.item() == pytest.approx(math.log(2), abs=1e-12)
+    # With content ids the copy is excluded; the hardest negative is another class at S = 0.
+    fixed = hard_negative_infonce(query, positive, temperature=0.02, num_hard_negatives=1, candidate_ids=classes)
+    assert fixed.item() == pytest.approx(math.log1p(math.exp(-1 / 0.02)), abs=1e-15)
+
+
+def test_duplicates_are_reported_and_never_selected_in_any_mode():
+    _, _, classes = _class_batch()
+    scores = torch.tensor(np.random.default_rng(3).uniform(-1, 1, (6, 6)))
+    same = classes[:, None] == classes[None, :]
+    for negatives in ("hard", "easy", "random", "all"):
+        mining = mine_negatives(scores, torch.arange(6), 8, 0.1, negatives, torch.Generator().manual_seed(0), same)
+        expected = same & ~torch.eye(6, dtype=torch.bool)
+        assert torch.equal(mining.duplicates, expected), negatives
+        assert not (mining.selected & mining.duplicates).any(), negatives
+        assert not (mining.dropped & mining.duplicates).any(), negatives
+        chosen = mining.indices[mining.indices >= 0]
+        assert chosen.numel() == int(mining.selected.sum()), negatives
+    all_mode = mine_negatives(scores, torch.arange(6), negatives="all", same_as_positive=same)
+    # "all": every candidate but the positive and its one copy, in column order, padded with -1.
+    assert all_mode.indices[0].tolist() == [1, 2, 4, 5, -1]
+    with pytest.raises(ValueError, match="same_as_positive"):
+        mine_negatives(scores, torch.arange(6), same_as_positive=same[:, :5])
+
+
+def test_the_loss_class_reads_content_ids_from_the_label_column():
+    model = _LinearEncoder()
+    columns = _columns(6, 3)
+    query, positive, negative = (model(c)["sentence_embedding"] for c in columns)
+    ids = torch.tensor([[3, 10], [4, 11], [3, 12], [5, 13], [4, 3], [6, 14]])
+    loss_fn = HardNegativeInfoNCELoss(model, num_hard_negatives=3)
+    loss = loss_fn(columns, ids)
+    expected = hard_negative_infonce(query, positive, 0.02, 3, 0.1, extra_candidates=negative,
+                                     candidate_ids=torch.cat([ids[:, 0], ids[:, 1]]))
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-12)
+    duplicates = loss_fn.last_mining.duplicates
+    # Row 0's positive (id 3) reappears as positive 2 and as row 4's explicit negative (column 6 + 4).
+    assert duplicates[0].nonzero().flatten().tolist() == [2, 10]
+    assert loss_fn.last_stats["duplicate_rate"] == pytest.approx(duplicates.sum().item() / (6 * 11))
+    # One id per row: the explicit negatives count as unknown content.
+    loss_fn(columns, ids[:, 0])
+    assert loss_fn.last_mining.duplicates[0].nonzero().flatten().tolist() == [2]
+    # Switched off, the labels are ignored and the plain margin rule applies.
+    off = HardNegativeInfoNCELoss(model, num_hard_negatives=3, exclude_duplicates=False)
+    plain = hard_negative_infonce(query, positive, 0.02, 3, 0.1, extra_candidates=negative)
+    assert off(columns, ids).item() == pytest.approx(plain.item(), abs=1e-12)
+    assert not off.last_mining.duplicates.any()
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (torch.tensor([0.5, 1.0, 2.0, 3.0, 4.0, 5.0]), "integer content ids"),
+        (torch.tensor([1, 2, 3]), "integer content ids"),
+        (torch.tensor([[1, 2, 3]] * 6), "3 ids per row but the batch has 2"),
+        (torch.tensor([1, 2, 3, 4, 5, -1]), "non-negative"),
+    ],
+)
+def test_bad_content_ids_are_named(labels, message):
+    loss_fn = HardNegativeInfoNCELoss(_LinearEncoder())
+    with pytest.raises(ValueError, match=message):
+        loss_fn(_columns(6, 3), labels)
+
+
+def test_cached_loss_with_content_ids_matches_the_plain_loss():
+    ids = torch.tensor([0, 1, 0, 2, 1, 3, 0])
+    results = []
+    for mini_batch_size in (None, 3):
+        model = _LinearEncoder()
+        loss_fn = HardNegativeInfoNCELoss(model, 0.05, 2, mini_batch_size=mini_batch_size)
+        loss = loss_fn(_columns(7, 2), ids)
+        loss.backward()
+        results.append((loss.item(), model.linear.weight.grad.clone(), loss_fn.last_mining.duplicates))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-12)
+    assert torch.equal(results[0][2], results[1][2]) and results[0][2].any()

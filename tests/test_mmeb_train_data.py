@@ -18,6 +18,7 @@ from unime.training.mmeb_data import (
     DatasetBatchSampler,
     MMEBTrainCollator,
     batch_sampler_factory,
+    content_id,
     discover,
     load_mmeb_train,
 )
@@ -190,15 +191,19 @@ def test_collator_builds_typed_inputs_and_names_a_row_whose_image_breaks_later(l
         return {"input_ids": torch.zeros(len(inputs), 1, dtype=torch.long)}
 
     collator = MMEBTrainCollator(preprocess_fn=preprocess)
-    batch = collator([loaded.datasets["T2I"][i] for i in range(3)])
-    assert sorted(batch) == ["negative_input_ids", "positive_input_ids", "query_input_ids"]
+    rows = [loaded.datasets["T2I"][i] for i in range(3)]
+    batch = collator(rows)
+    assert sorted(batch) == ["label", "negative_input_ids", "positive_input_ids", "query_input_ids"]
     query, positive, negative = seen
     assert query[0] == EmbedInput(text="Find me an everyday image that matches the given caption: scene 0")
     assert positive[0].text == IMAGE_TARGET and isinstance(positive[0].image, Image.Image)
+    # The label holds the content ids of the positive and the negative of each row.
+    expected = [[content_id(row[side]["text"], row[side]["image"]) for side in ("positive", "negative")]
+                for row in rows]
+    assert batch["label"].tolist() == expected and batch["label"].dtype == torch.int64
     # A file that passed the header check but is truncated fails when decoded, naming its row.
     path = images / "img" / "2.png"
     path.write_bytes(path.read_bytes()[:60])
-    rows = [loaded.datasets["T2I"][i] for i in range(3)]
     with pytest.raises(ValueError, match=r"dataset T2I, train.jsonl line 2: cannot read image .*2.png"):
         collator(rows)
     skipping = MMEBTrainCollator(preprocess_fn=preprocess, skip_bad_rows=True)
@@ -279,3 +284,10 @@ def test_sampler_factory_checks_the_weights():
         batch_sampler_factory(["A", "B"], {"C": 1.0}, "proportional", 1)
     with pytest.raises(ValueError, match="B=0.0"):
         batch_sampler_factory(["A", "B"], {"B": 0.0}, "proportional", 1)
+
+
+def test_content_ids_are_equal_exactly_when_text_and_image_are():
+    assert content_id("circle", "") == content_id("circle", None) == content_id("circle", "")
+    assert content_id("circle", "") != content_id("circle ", "")
+    assert content_id("<|image_1|>", "a.png") != content_id("<|image_1|>", "b.png")
+    assert 0 <= content_id("x", "y") < 2**63

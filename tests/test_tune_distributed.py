@@ -31,13 +31,15 @@ IMAGE_TARGET = "<|image_1|>\nRepresent the given image.\n"
 
 
 def _rows(image_dir: Path) -> list[dict]:
-    """Training rows as the MMEB-train loader writes them; image and text rows alternate in every column."""
+    """Training rows as the MMEB-train loader writes them; image and text rows alternate in every column.
+    Rows 0 and 4, and rows 2 and 6, share their positive text (as classification labels repeat), one
+    copy on each rank."""
     rows = []
     for i in range(ROWS):
         image = str(image_dir / f"{i}.png")
         other = str(image_dir / f"{(i + 3) % ROWS}.png")
         if i % 2 == 0:
-            query, positive = {"text": IMAGE_QUERY, "image": image}, {"text": f"an answer about thing {i}", "image": ""}
+            query, positive = {"text": IMAGE_QUERY, "image": image}, {"text": f"an answer about thing {i % 4}", "image": ""}
             negative = {"text": IMAGE_TARGET, "image": other}
         else:
             query, positive = {"text": f"Find me an image that matches: scene {i}", "image": ""}, {"text": IMAGE_TARGET, "image": image}
@@ -74,10 +76,10 @@ def _step(model, loss_model, rows: list[dict]) -> dict[str, torch.Tensor]:
     loss_fn = HardNegativeInfoNCELoss(loss_model, temperature=0.05, num_hard_negatives=3,
                                       false_negative_margin=0.02, mini_batch_size=2)
     model.zero_grad(set_to_none=True)
-    loss = loss_fn(features, None)
+    loss = loss_fn(features, batch["label"])
     loss.backward()
     result = {"loss": loss.detach().reshape(1), "indices": loss_fn.last_mining.indices,
-              "dropped": loss_fn.last_mining.dropped}
+              "dropped": loss_fn.last_mining.dropped, "duplicates": loss_fn.last_mining.duplicates}
     for name, param in model.named_parameters():
         if param.requires_grad:
             result[f"grad/{name}"] = param.grad.detach().clone()
@@ -151,6 +153,12 @@ def test_two_processes_mine_the_global_batch_like_one_process(two_processes, one
     merged = torch.cat([rank["indices"] for rank in two_processes])
     assert torch.equal(merged, one_process["indices"])
     assert torch.equal(torch.cat([rank["dropped"] for rank in two_processes]), one_process["dropped"])
+    # Copies of a positive on the other rank are found through the gathered content ids.
+    assert torch.equal(torch.cat([rank["duplicates"] for rank in two_processes]), one_process["duplicates"])
+    # Rows 0/4 and 2/6 share a positive text; odd row r's positive image is even row (r + 5) % 8's
+    # explicit negative (pool column 8 + that row).
+    assert one_process["duplicates"].nonzero().tolist() == [
+        [0, 4], [1, 14], [2, 6], [3, 8], [4, 0], [5, 10], [6, 2], [7, 12]]
     assert one_process["indices"].shape == (ROWS, 3) and bool((one_process["indices"] >= ROWS).any())
     # Each rank's loss is its share of the global mean: their mean is the one-process loss.
     losses = [rank["loss"].item() for rank in two_processes]

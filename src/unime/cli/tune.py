@@ -10,7 +10,7 @@ _OVERRIDES = (
     "model", "data", "image_root", "output_dir", "max_steps", "batch_size", "mini_batch_size", "learning_rate",
     "negatives", "num_hard_negatives", "false_negative_margin", "tuning", "scope", "resume", "seed", "bf16",
     "image_size", "temperature", "skip_bad_rows", "sampling", "max_rows_per_dataset", "trust_remote_code",
-    "save_steps", "logging_steps", "split", "explicit_negatives",
+    "save_steps", "logging_steps", "split", "explicit_negatives", "exclude_duplicates",
 )
 
 
@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
     parser.add_argument("--explicit-negatives", action=argparse.BooleanOptionalAction, default=None,
                         help="add the data's neg_text / neg_image_path to the candidates")
+    parser.add_argument("--exclude-duplicates", action=argparse.BooleanOptionalAction, default=None,
+                        help="never use a candidate identical to the positive as a negative (default on)")
     parser.add_argument("--resume", action="store_true", default=None,
                         help="continue from the last complete checkpoint in OUTPUT_DIR/checkpoints")
     parser.add_argument("--skip-bad-rows", action="store_true", default=None,

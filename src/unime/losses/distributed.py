@@ -52,16 +52,9 @@ def gather_with_grad(tensor: Tensor) -> tuple[Tensor, int]:
         return tensor, 0
     from sentence_transformers.util import all_gather_with_grad
 
-    rank, ranks = dist.get_rank(), dist.get_world_size()
-    count = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
-    counts_list = [torch.zeros_like(count) for _ in range(ranks)]
-    dist.all_gather(counts_list, count)
-    counts = [int(c.item()) for c in counts_list]
-    longest = max(counts)
-    padded = tensor
-    if tensor.shape[0] < longest:
-        padding = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
-        padded = torch.cat([tensor, padding], dim=0)
+    rank = dist.get_rank()
+    counts, padded = _pad_to_longest(tensor)
+    longest = padded.shape[0]
     with warnings.catch_warnings():
         # torch marks torch.distributed.nn.all_gather as deprecated in favour of the functional
         # collectives; the replacement has no gradient-routing backward, so the warning is noise here.
@@ -69,11 +62,42 @@ def gather_with_grad(tensor: Tensor) -> tuple[Tensor, int]:
             "ignore", message=r"torch\.distributed\.nn\.functional\.all_gather", category=FutureWarning
         )
         gathered = all_gather_with_grad(padded)
-    if longest * ranks != gathered.shape[0]:
-        raise RuntimeError(f"gather_with_grad: expected {longest * ranks} rows, got {gathered.shape[0]}")
-    if any(c != longest for c in counts):
-        gathered = torch.cat([gathered[r * longest : r * longest + counts[r]] for r in range(ranks)])
-    return gathered, sum(counts[:rank])
+    if longest * len(counts) != gathered.shape[0]:
+        raise RuntimeError(f"gather_with_grad: expected {longest * len(counts)} rows, got {gathered.shape[0]}")
+    return _unpad(gathered, counts, longest), sum(counts[:rank])
+
+
+def gather_rows(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0, without gradient (e.g. integer content ids).
+
+    Row counts may differ between ranks; the order is rank 0's rows, then rank 1's, as in
+    :func:`gather_with_grad`. Without an initialised process group it returns ``tensor``.
+    """
+    if not _distributed():
+        return tensor
+    counts, padded = _pad_to_longest(tensor)
+    shards = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(shards, padded.contiguous())
+    return _unpad(torch.cat(shards), counts, padded.shape[0])
+
+
+def _pad_to_longest(tensor: Tensor) -> tuple[list[int], Tensor]:
+    """Every rank's row count, and ``tensor`` zero-padded to the longest (collectives need equal shapes)."""
+    count = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
+    counts_list = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts_list, count)
+    counts = [int(c.item()) for c in counts_list]
+    longest = max(counts)
+    if tensor.shape[0] < longest:
+        padding = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+        tensor = torch.cat([tensor, padding], dim=0)
+    return counts, tensor
+
+
+def _unpad(gathered: Tensor, counts: list[int], longest: int) -> Tensor:
+    if all(c == longest for c in counts):
+        return gathered
+    return torch.cat([gathered[r * longest : r * longest + c] for r, c in enumerate(counts)])
 
 
 def global_mean(row_losses: Tensor, global_rows: int, ranks: int) -> Tensor:

@@ -18,6 +18,7 @@ model maps to its backbone's image token.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -332,6 +333,8 @@ class MMEBTrainCollator(SentenceTransformerDataCollator):
     still fails naming its data set and row; with ``skip_bad_rows`` the row leaves the batch and is
     counted in ``skipped`` (and the log) instead. Inputs are :class:`~unime.inputs.EmbedInput`, which
     the model renders in its joint prompt (``<|image_1|>`` becomes the backbone's image token).
+    The ``label`` of each row holds the :func:`content_id` of its positive (and of its explicit
+    negative), which the loss uses to keep copies of a positive out of its negatives.
     """
 
     skip_bad_rows: bool = False
@@ -357,12 +360,22 @@ class MMEBTrainCollator(SentenceTransformerDataCollator):
         result: dict[str, Any] = {}
         if "dataset_name" in feature:
             result["dataset_name"] = feature["dataset_name"]
+        ids = []
         for label, _, _ in _SIDES:
             if label in feature:
                 side = feature[label]
                 image = load_image(side["image"], where) if side["image"] else None
                 result[label] = EmbedInput(text=side["text"] or None, image=image)
+                if label != "query":
+                    ids.append(content_id(side["text"], side["image"]))
+        result["label"] = ids
         return result
+
+
+def content_id(text: str | None, image: str | None) -> int:
+    """A 63-bit id of one side's content (its text and image path): equal content, equal id."""
+    digest = hashlib.blake2b(f"{text or ''}\0{image or ''}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
 
 
 class DatasetBatchSampler(MultiDatasetDefaultBatchSampler):

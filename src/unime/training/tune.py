@@ -67,6 +67,10 @@ class TuneRecipe(TrainRecipe):
             the model's ``unime_config``, so inference uses it too. None keeps the processor's own.
         temperature, num_hard_negatives, false_negative_margin, negatives: the loss (tau 0.02, k 8,
             margin 0.1, "hard"; "random", "easy" and "all" for the paper's ablations).
+        exclude_duplicates: never use as a negative a candidate with exactly the positive's content
+            (same text and image path, e.g. a class label repeated in the batch). The paper does not
+            say; its margin rule cannot catch such copies (their similarity equals the positive's),
+            so without this the loss floors at ln(k + 1). False reproduces the plain margin rule.
         gather_across_devices: mine the negatives from the global batch of all ranks.
         deepspeed: a DeepSpeed JSON config for the trainer, a path or a packaged name
             (``deepspeed-zero2``); needs mini_batch_size null (see :data:`GRADCACHE_DEEPSPEED_ERROR`).
@@ -97,6 +101,7 @@ class TuneRecipe(TrainRecipe):
     num_hard_negatives: int = 8
     false_negative_margin: float = 0.1
     negatives: str = "hard"
+    exclude_duplicates: bool = True
     gather_across_devices: bool = True
     deepspeed: str | None = None
 
@@ -197,6 +202,7 @@ def build_loss(model: Any, recipe: TuneRecipe) -> Any:
         negatives=recipe.negatives,
         mini_batch_size=recipe.mini_batch_size,
         gather_across_devices=recipe.gather_across_devices,
+        exclude_duplicates=recipe.exclude_duplicates,
     )
 
 
