@@ -21,12 +21,12 @@ def test_demo_refuses_a_non_empty_output_folder(tmp_path, capsys):
 def test_report_tables_hold_the_measured_numbers(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text("\n".join(json.dumps({"step": i, "loss": 2.0 - 0.1 * i, "grad_norm": 3.0,
-                                         "false_negative_rate": 0.02}) for i in range(1, 5)))
+                                         "false_negative_rate": 0.02, "duplicate_rate": 0.25}) for i in range(1, 5)))
     results = {"base": {"mmeb/overall/precision@1": 12.5, "sugarcrepe/swap/accuracy": 50.0},
                "stage 1+2": {"mmeb/overall/precision@1": 40.0, "sugarcrepe/swap/accuracy": 61.0}}
     report = demo_markdown("tiny", results, {"Similarity": "similarity.png"}, {"stage 1+2": log})
     assert "| base | - | - | - | - | - | - | 12.5 |" in report
-    assert "| hard | 1.650 | 3 | 2.0 | 40.0 | - | 61.0 |" in report
+    assert "| hard | 1.650 | 3 | 2.0 | 25.0 | 40.0 | - | 61.0 |" in report
     assert "![Similarity](similarity.png)" in report
 
 

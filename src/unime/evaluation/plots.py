@@ -23,6 +23,7 @@ import numpy as np
 from unime.evaluation.common import make_input
 from unime.evaluation.encoding import encode_unique
 from unime.evaluation.retrieval import RetrievalDataset
+from unime.jsonl import iter_jsonl
 
 TRAINING_SERIES = ("loss", "grad_norm")
 
@@ -109,12 +110,10 @@ def read_training_log(path: str | os.PathLike[str], label: str | None = None) ->
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".jsonl":
         entries = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}: line {number}: invalid JSON ({error.msg})") from None
+        for number, entry, error in iter_jsonl(text.splitlines()):
+            if error is not None:
+                raise ValueError(f"{path}: line {number}: invalid JSON ({error})")
+            entries.append(entry)
     else:
         state = json.loads(text)
         if not isinstance(state, dict) or "log_history" not in state:

@@ -19,7 +19,6 @@ model maps to its backbone's image token.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -37,6 +36,7 @@ from sentence_transformers.sentence_transformer.data_collator import SentenceTra
 
 from unime.config import MMEB_IMAGE_PLACEHOLDER
 from unime.inputs import EmbedInput, load_image
+from unime.jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -137,14 +137,10 @@ def _read_file(dataset: str, path: Path) -> Iterator[tuple[str, dict[str, Any] |
                 index += 1
         return
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+        for number, row, error in iter_jsonl(handle):
             where = f"dataset {dataset}, {path.name} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                yield where, BadRow(f"{where}: not valid JSON ({error.msg})")
+            if error is not None:
+                yield where, BadRow(f"{where}: not valid JSON ({error})")
                 continue
             if not isinstance(row, dict):
                 yield where, BadRow(f"{where}: expected a JSON object with {', '.join(REQUIRED_COLUMNS)}")

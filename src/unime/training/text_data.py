@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from unime.jsonl import iter_jsonl
 
 # Column names that hold a sentence, in the layouts stage 1 reads.
 NLI_COLUMNS = ("sent0", "sent1", "hard_neg")
@@ -134,14 +135,10 @@ def _row_sentences(row: list[str], columns: list[int], where: str) -> Iterator[s
 
 
 def _read_jsonl(path: Path) -> Iterator[str]:
-    for number, line in _open_text(path):
-        if not line.strip():
-            continue
+    for number, item, error in iter_jsonl(_open_text(path)):
         where = f"{path} line {number}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not valid JSON: {error.msg}") from None
+        if error is not None:
+            raise ValueError(f"{where}: not valid JSON: {error}")
         if isinstance(item, str):
             values: list[object] = [item]
         elif isinstance(item, list):
