@@ -13,9 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stage 2 (after stage 1 and alone), the negative-type ablations, evaluate every model, and write "
         "report.md, results.json and figures into --out.",
     )
-    parser.add_argument("--preset", choices=["tiny", "smol"], default="tiny",
-                        help="tiny (default): tiny random Qwen2-VL, about a minute on 2 cores; smol: the SmolLM2-135M "
-                        "LLaVA-style CPU default model, much slower (its full run is not yet measured)")
+    parser.add_argument("--preset", choices=["smol", "tiny"], default="smol",
+                        help="smol (default): the embedded default model, SmolLM2-135M with a small LLaVA-style "
+                        "vision tower, about 15 minutes on 2 cores; tiny: a tiny random Qwen2-VL, about a minute")
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.set_defaults(func=run)
