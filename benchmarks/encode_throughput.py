@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=56)
     parser.add_argument("--model", default=None, help="a model folder instead of a fresh tiny Qwen2-VL")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time encode under CPU bf16 autocast (as unime demo evaluates) and its drift")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,15 +72,33 @@ def main() -> None:
                 model.encode(inputs, batch_size=args.batch_size)
 
             t_bare, t_pipe = _time(bare, args.repeats), _time(pipeline, args.repeats)
-            rows.append((name, len(inputs) / t_bare, len(inputs) / t_pipe, t_bare / t_pipe))
+            row = [name, len(inputs) / t_bare, len(inputs) / t_pipe, t_bare / t_pipe]
+            if args.bf16:
+                def autocast(inputs: list = inputs) -> None:
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        model.encode(inputs, batch_size=args.batch_size)
+
+                t_bf16 = _time(autocast, args.repeats)
+                full = model.encode(inputs, batch_size=args.batch_size)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    half = model.encode(inputs, batch_size=args.batch_size)
+                cosine = float(np.mean(np.sum(full * half, axis=1)))
+                row += [len(inputs) / t_bf16, t_pipe / t_bf16, cosine]
+            rows.append(tuple(row))
     print(
         f"{args.model or 'tiny qwen2_vl'}, {args.items} items, batch {args.batch_size}, best of {args.repeats}, "
         f"{torch.get_num_threads()} threads\n"
     )
-    print("| input | bare forward (items/s) | unime encode (items/s) | encode / bare |")
-    print("|---|---|---|---|")
-    for name, bare_rate, pipe_rate, ratio in rows:
-        print(f"| {name} | {bare_rate:.0f} | {pipe_rate:.0f} | {ratio:.2f} |")
+    header = "| input | bare forward (items/s) | unime encode (items/s) | encode / bare |"
+    if args.bf16:
+        header += " encode, bf16 autocast (items/s) | bf16 speed-up | cosine(fp32, bf16) |"
+    print(header)
+    print("|" + "---|" * header.count(" |"))
+    for name, bare_rate, pipe_rate, ratio, *bf16 in rows:
+        line = f"| {name} | {bare_rate:.1f} | {pipe_rate:.1f} | {ratio:.2f} |"
+        if bf16:
+            line += f" {bf16[0]:.1f} | {bf16[1]:.2f} | {bf16[2]:.4f} |"
+        print(line)
 
 
 if __name__ == "__main__":

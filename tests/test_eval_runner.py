@@ -84,3 +84,24 @@ def test_missing_image_folder_is_named(suite, tmp_path):
     data_dir, _ = suite
     with pytest.raises(FileNotFoundError, match="--image-dir"):
         run_mmeb(RandomModel(), data_dir, tmp_path / "nowhere", tmp_path / "c")
+
+
+def test_model_identity_is_one_folder_however_typed_and_changes_when_retrained(tmp_path, monkeypatch):
+    import os
+
+    from unime.evaluation.runner import model_identity
+
+    folder = tmp_path / "model"
+    (folder / "1_Pooling").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "1_Pooling" / "config.json").write_text("{}")
+    (folder / "checkpoints").mkdir()
+    monkeypatch.chdir(tmp_path)
+    first = model_identity("model")
+    assert first == model_identity(str(folder)) and first.startswith(str(folder.resolve()) + "@")
+    (folder / "checkpoints" / "optimizer.json").write_text("{}")  # training leftovers do not count
+    assert model_identity("model") == first
+    (folder / "model.safetensors").write_bytes(b"retrained")
+    os.utime(folder / "model.safetensors", ns=(1, 1))
+    assert model_identity("model") != first
+    assert model_identity("org/hub-model") == "org/hub-model"

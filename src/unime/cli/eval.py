@@ -209,7 +209,7 @@ def read_groups(path: str) -> dict[str, tuple[str, str]]:
 
 
 def run_mmeb_command(args: argparse.Namespace) -> int:
-    from unime.evaluation.runner import run_mmeb
+    from unime.evaluation.runner import model_identity, run_mmeb
 
     _check_options(args)
     output = Path(args.output)
@@ -226,7 +226,7 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
         args.image_dir,
         cache_dir,
         names=args.datasets,
-        model_id=args.model,
+        model_id=model_identity(args.model),
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
         overwrite=args.overwrite,

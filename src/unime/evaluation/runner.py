@@ -27,6 +27,29 @@ logger = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 
 
+# Files whose change means another model: weights and every setting that changes an embedding.
+_MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".jinja")
+
+
+def model_identity(model: str) -> str:
+    """How a cache names a model: a hub id as given; a local folder by its absolute path plus a
+    digest of the sizes and modification times of its weight and configuration files, so the same
+    folder typed as a relative or an absolute path is one model, and a model retrained into the same
+    folder is another (its cached scores and embeddings are not reused)."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return model
+    # The folder's own files and those of its sentence-transformers module folders (1_Pooling, ...),
+    # not training checkpoints or caches kept beside the model.
+    files = [path for path in folder.iterdir() if path.is_file()]
+    files += [path for sub in folder.iterdir() if sub.is_dir() and sub.name[:1].isdigit()
+              for path in sub.iterdir() if path.is_file()]
+    entries = sorted((str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns)
+                     for path in files if path.suffix in _MODEL_FILE_SUFFIXES)
+    digest = hashlib.sha1(json.dumps(entries).encode("utf-8")).hexdigest()[:12]
+    return f"{folder.resolve()}@{digest}"
+
+
 def _fingerprint(model_id: str, folder: Path, image_dir: Path) -> str:
     """Identifies (model, dataset files, image root): a stored score is reused only if all match."""
     files = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.parquet"))]
@@ -69,8 +92,8 @@ def run_mmeb(
     """Evaluate ``model`` on MMEB datasets with resumption; returns :func:`summarize_mmeb` metrics
     (``groups`` replaces the paper's dataset split in the aggregates).
 
-    ``model_id`` names the model in the cache (its path or hub id); ``overwrite`` drops the cache of
-    every selected dataset first.
+    ``model_id`` names the model in the cache (``unime eval mmeb`` passes :func:`model_identity` of
+    its ``--model``); ``overwrite`` drops the cache of every selected dataset first.
     """
     data_dir, image_dir, cache_dir = Path(data_dir), Path(image_dir), Path(cache_dir)
     if not image_dir.is_dir():
