@@ -198,6 +198,18 @@ def test_the_loss_statistics_join_each_log_line(tiny_model_factory, tmp_path):
     assert logged == [1.5, 3.5]  # means of (1, 2) and (3, 4)
 
 
+def test_a_collapsing_run_is_reported_once(caplog):
+    trainer = UniMETrainer.__new__(UniMETrainer)
+    trainer.state = type("State", (), {"global_step": 7})()
+    with caplog.at_level("WARNING", logger="unime.training.common"):
+        trainer._warn_on_collapse({"loss": 1.61, "positive_similarity": 0.95, "negative_similarity": 0.999})
+        assert not caplog.records  # the positives still differ from the rest
+        trainer._warn_on_collapse({"loss": 1.61, "positive_similarity": 0.995, "negative_similarity": 0.996})
+        trainer._warn_on_collapse({"loss": 1.61, "positive_similarity": 0.998, "negative_similarity": 0.998})
+    assert len(caplog.records) == 1
+    assert "step 7: the embeddings are collapsing" in caplog.text and "0.9950, 0.9960" in caplog.text
+
+
 def test_recipe_yaml_rejects_unknown_keys_naming_the_key_and_file(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("model: m\noutput_dir: o\nlearning_rat: 0.1\n")

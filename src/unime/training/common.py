@@ -41,6 +41,9 @@ SCOPES = ("llm", "all")
 RECIPE_FILE = "unime_recipe.yaml"
 CHECKPOINT_SUBDIR = "checkpoints"
 _STAGING = ".staging"
+# Mean cosine of both the positives and the chosen negatives to their queries at or above which a
+# stage-2 run is reported as collapsing (every input embedded alike).
+COLLAPSE_SIMILARITY = 0.99
 _RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
@@ -233,6 +236,8 @@ class UniMETrainer(SentenceTransformerTrainer):
     - The loss's ``last_stats`` (a ``dict[str, float]`` refreshed by each forward, e.g. the stage-2
       mining statistics), averaged over the logging interval, join each log line.
     - Training arguments are saved as JSON (``training_args.json``) beside the checkpoint, not pickled.
+    - A warning, once, when the logged mining statistics show the embeddings collapsing (see
+      :data:`COLLAPSE_SIMILARITY`).
 
     Resume with ``trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))``.
     """
@@ -259,7 +264,21 @@ class UniMETrainer(SentenceTransformerTrainer):
         if "loss" in logs and self._stats_count:
             logs = {**logs, **{k: round(v / self._stats_count, 4) for k, v in self._stats_sum.items()}}
             self._stats_sum, self._stats_count = {}, 0
+            self._warn_on_collapse(logs)
         super().log(logs, start_time)
+
+    def _warn_on_collapse(self, logs: dict[str, float]) -> None:
+        positive, negative = logs.get("positive_similarity"), logs.get("negative_similarity")
+        if getattr(self, "_collapse_warned", False) or positive is None or negative is None:
+            return
+        if min(positive, negative) >= COLLAPSE_SIMILARITY:
+            self._collapse_warned = True
+            logger.warning(
+                "step %d: the embeddings are collapsing: positives and chosen negatives both have mean cosine "
+                ">= %.2f to their queries (%.4f, %.4f), so the loss sits near ln(k + 1) and the gradient vanishes. "
+                "Hard negatives from a model that ranks them above the positives do this (docs/stage2.md, "
+                "'Collapse'): start from a stronger model, lower the learning rate, or compare --negatives random.",
+                self.state.global_step, COLLAPSE_SIMILARITY, positive, negative)
 
     def _get_output_dir(self, trial: Any) -> str:
         return self._staging_dir or super()._get_output_dir(trial)
