@@ -276,8 +276,9 @@ class UniMETrainer(SentenceTransformerTrainer):
             logger.warning(
                 "step %d: the embeddings are collapsing: positives and chosen negatives both have mean cosine "
                 ">= %.2f to their queries (%.4f, %.4f), so the loss sits near ln(k + 1) and the gradient vanishes. "
-                "Hard negatives from a model that ranks them above the positives do this (docs/stage2.md, "
-                "'Collapse'): start from a stronger model, lower the learning rate, or compare --negatives random.",
+                "A model whose embeddings do not yet separate the candidates (e.g. an untrained vision tower) "
+                "does this under hard negatives (docs/stage2.md, 'Collapse'): start from a stronger model or "
+                "compare --negatives all.",
                 self.state.global_step, COLLAPSE_SIMILARITY, positive, negative)
 
     def _get_output_dir(self, trial: Any) -> str:
