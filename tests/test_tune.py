@@ -108,7 +108,10 @@ def test_flags_override_the_recipe():
         "--config", "tune-llava16", "--model", "m", "--mini-batch-size", "0", "--batch-size", "64",
         "--datasets", "CIRR, NIGHTS", "--no-bf16", "--negatives", "random", "--false-negative-margin", "0.2",
         "--num-hard-negatives", "4", "--resume", "--skip-bad-rows", "--image-size", "224", "--tuning", "qlora",
+        "--no-exclude-duplicates",
     ]))
+    assert recipe.exclude_duplicates is False
+    assert recipe_from_args(_cli_args(["--config", "tune-llava16"])).exclude_duplicates is True
     assert (recipe.model, recipe.mini_batch_size, recipe.batch_size, recipe.datasets) == ("m", None, 64, ["CIRR", "NIGHTS"])
     assert (recipe.bf16, recipe.negatives, recipe.false_negative_margin, recipe.num_hard_negatives) == (
         False, "random", 0.2, 4)
