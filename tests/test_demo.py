@@ -24,7 +24,9 @@ def test_report_tables_hold_the_measured_numbers(tmp_path):
                                          "false_negative_rate": 0.02, "duplicate_rate": 0.25}) for i in range(1, 5)))
     results = {"base": {"mmeb/overall/precision@1": 12.5, "sugarcrepe/swap/accuracy": 50.0},
                "stage 1+2": {"mmeb/overall/precision@1": 40.0, "sugarcrepe/swap/accuracy": 61.0}}
-    report = demo_markdown("tiny", results, {"Similarity": "similarity.png"}, {"stage 1+2": log})
+    sizes = {"eval_queries": 8, "retrieval_images": 24, "sugarcrepe_per_split": 16}
+    report = demo_markdown("tiny", results, {"Similarity": "similarity.png"}, {"stage 1+2": log}, sizes)
+    assert "one query moves a data set's precision@1 by 12.5 points" in report and "chance R@1 4.2" in report
     assert "| base | - | - | - | - | - | - | 12.5 |" in report
     assert "| hard | 1.650 | 3 | 2.0 | 25.0 | 40.0 | - | 61.0 |" in report
     assert "![Similarity](similarity.png)" in report

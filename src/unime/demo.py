@@ -278,6 +278,6 @@ def _write_outputs(out: Path, preset: DemoPreset, results: dict[str, dict[str, f
     (out / "results.json").write_text(json.dumps({"preset": asdict(preset), "results": results}, indent=2) + "\n")
     figures = demo_figures(out, models, matrices)
     logs = {name: folder / "training_log.jsonl" for name, folder in models.items()}
-    report = demo_markdown(preset.name, results, figures, logs)
+    report = demo_markdown(preset.name, results, figures, logs, preset.synth)
     (out / "report.md").write_text(report, encoding="utf-8")
     print(report)

@@ -37,9 +37,16 @@ def _training_summary(log: Path) -> tuple[float, float, float, float]:
 
 
 def demo_markdown(preset: str, results: Mapping[str, Mapping[str, float]], figures: Mapping[str, str],
-                  logs: Mapping[str, Path] | None = None) -> str:
-    """The demo report: MMEB by meta-task and IND/OOD, retrieval, SugarCrepe, STS, and the negatives ablation."""
+                  logs: Mapping[str, Path] | None = None, sizes: Mapping[str, int] | None = None) -> str:
+    """The demo report: MMEB by meta-task and IND/OOD, retrieval, SugarCrepe, STS, and the negatives
+    ablation; ``sizes`` (the synthetic benchmark's settings) adds how far one item moves a score."""
     lines = [f"# UniME demo ({preset} preset, synthetic benchmark)", ""]
+    if sizes:
+        lines += [f"Scale: {sizes['eval_queries']} queries per MMEB data set (one query moves a data set's "
+                  f"precision@1 by {100 / sizes['eval_queries']:.1f} points), {sizes['retrieval_images']} retrieval "
+                  f"images (chance R@1 {100 / sizes['retrieval_images']:.1f}), {sizes['sugarcrepe_per_split']} items "
+                  f"per SugarCrepe split (one item = {100 / sizes['sugarcrepe_per_split']:.1f} points, before "
+                  "averaging the sub-splits). Differences of that size are noise.", ""]
     models = [m for m in MAIN_MODELS if m in results]
     lines += ["## MMEB-style precision@1", ""]
     lines += _table(["Model"] + [title for _, title in MMEB_COLUMNS],
