@@ -201,6 +201,7 @@ def test_the_loss_statistics_join_each_log_line(tiny_model_factory, tmp_path):
 def test_a_collapsing_run_is_reported_once(caplog):
     trainer = UniMETrainer.__new__(UniMETrainer)
     trainer.state = type("State", (), {"global_step": 7})()
+    trainer._collapse_warned = False
     with caplog.at_level("WARNING", logger="unime.training.common"):
         trainer._warn_on_collapse({"loss": 1.61, "positive_similarity": 0.95, "negative_similarity": 0.999})
         assert not caplog.records  # the positives still differ from the rest

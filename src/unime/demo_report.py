@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,8 +26,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _training_summary(log: Path) -> tuple[float, float, float, float]:
     """Mean loss and gradient norm over the last half of a run, and the mean false-negative and
     duplicate rates over the whole run."""
-    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    steps = [e for e in entries if "loss" in e]
+    from unime.evaluation.plots import read_log_entries
+
+    steps = [entry for entry in read_log_entries(log) if "loss" in entry]
     tail = steps[len(steps) // 2 :] or steps
     mean = lambda name, rows: float(np.mean([e[name] for e in rows if name in e])) if any(  # noqa: E731
         name in e for e in rows) else float("nan")

@@ -102,23 +102,29 @@ class TrainingLog:
     series: dict[str, list[tuple[int, float]]]
 
 
-def read_training_log(path: str | os.PathLike[str], label: str | None = None) -> TrainingLog:
-    """Read a ``trainer_state.json`` (its ``log_history``) or a JSONL of log dicts with ``step``."""
+def read_log_entries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The log dicts of a ``trainer_state.json`` (its ``log_history``) or of a JSONL training log."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training log {path} does not exist")
     text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".jsonl":
-        entries = []
-        for number, entry, error in iter_jsonl(text.splitlines()):
-            if error is not None:
-                raise ValueError(f"{path}: line {number}: invalid JSON ({error})")
-            entries.append(entry)
-    else:
+    if path.suffix.lower() != ".jsonl":
         state = json.loads(text)
         if not isinstance(state, dict) or "log_history" not in state:
             raise ValueError(f"{path}: no 'log_history' (expected a trainer_state.json or a .jsonl log)")
-        entries = state["log_history"]
+        return state["log_history"]
+    entries = []
+    for number, entry, error in iter_jsonl(text.splitlines()):
+        if error is not None:
+            raise ValueError(f"{path}: line {number}: invalid JSON ({error})")
+        entries.append(entry)
+    return entries
+
+
+def read_training_log(path: str | os.PathLike[str], label: str | None = None) -> TrainingLog:
+    """Read a ``trainer_state.json`` (its ``log_history``) or a JSONL of log dicts with ``step``."""
+    path = Path(path)
+    entries = read_log_entries(path)
     series: dict[str, list[tuple[int, float]]] = {name: [] for name in TRAINING_SERIES}
     for number, entry in enumerate(entries):
         for name in TRAINING_SERIES:

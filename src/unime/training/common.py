@@ -247,6 +247,7 @@ class UniMETrainer(SentenceTransformerTrainer):
         self._staging_dir: str | None = None
         self._stats_sum: dict[str, float] = {}
         self._stats_count = 0
+        self._collapse_warned = False
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -269,7 +270,7 @@ class UniMETrainer(SentenceTransformerTrainer):
 
     def _warn_on_collapse(self, logs: dict[str, float]) -> None:
         positive, negative = logs.get("positive_similarity"), logs.get("negative_similarity")
-        if getattr(self, "_collapse_warned", False) or positive is None or negative is None:
+        if self._collapse_warned or positive is None or negative is None:
             return
         if min(positive, negative) >= COLLAPSE_SIMILARITY:
             self._collapse_warned = True
