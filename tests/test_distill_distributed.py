@@ -8,12 +8,12 @@ without GradCache), DistributedDataParallel's gradient averaging and the loss-sc
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from process_helpers import free_port
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.distributed
@@ -77,15 +77,9 @@ def _worker(rank: int, world: int, port: int, model_path: str, out_dir: str) -> 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_with_half_the_batch_equal_one_with_the_whole_batch(tiny_model_factory, tmp_path):
     model_path = str(tiny_model_factory("llava"))
-    mp.spawn(_worker, args=(2, _free_port(), model_path, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), model_path, str(tmp_path)), nprocs=2, join=True)
     model = _student(model_path)
     for mini_batch_size in MINI_BATCH_SIZES:
         loss, grads = _loss_and_grads(model, model, slice(None), mini_batch_size)

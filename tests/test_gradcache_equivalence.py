@@ -19,14 +19,7 @@ from unime.training.common import apply_tuning
 
 MMEB_IMAGE = "<|image_1|>\nRepresent the given image with the following question: "
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on shared cores OpenMP's spinning threads
-    # made these tests 3 to 6 times slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

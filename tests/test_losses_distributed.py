@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from process_helpers import free_port
 from safetensors.torch import load_file, save_file
 
 from unime.losses import HardNegativeInfoNCELoss, SimilarityKLLoss, gather_with_grad
@@ -176,12 +176,6 @@ def _worker(rank: int, world: int, port: int, model_dir: str, out_dir: str) -> N
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
@@ -205,7 +199,7 @@ def two_processes(model_dir, tmp_path_factory) -> list[dict[str, torch.Tensor]]:
     # two shared cores; the forked child inherits them (it sets one intra-op thread before any work).
     torch.multiprocessing.start_processes(
         _worker,
-        args=(2, _free_port(), str(model_dir), str(out_dir)),
+        args=(2, free_port(), str(model_dir), str(out_dir)),
         nprocs=2,
         join=True,
         start_method="fork",

@@ -8,7 +8,6 @@ across the ranks and mined from the global batch.
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from PIL import Image
+from process_helpers import free_port
 from safetensors.torch import load_file, save_file
 
 from unime.losses import HardNegativeInfoNCELoss
@@ -103,12 +103,6 @@ def _worker(rank: int, port: int, model_dir: str, image_dir: str, out_dir: str) 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def setup(tiny_model_factory, tmp_path_factory) -> tuple[Path, Path]:
     image_dir = tmp_path_factory.mktemp("images")
@@ -124,7 +118,7 @@ def two_processes(setup, tmp_path_factory) -> list[dict[str, torch.Tensor]]:
     out_dir = tmp_path_factory.mktemp("ranks")
     # fork: the children inherit the imported stack instead of importing it again (10 to 20 s each).
     torch.multiprocessing.start_processes(
-        _worker, args=(_free_port(), str(model_dir), str(image_dir), str(out_dir)), nprocs=WORLD, join=True,
+        _worker, args=(free_port(), str(model_dir), str(image_dir), str(out_dir)), nprocs=WORLD, join=True,
         start_method="fork",
     )
     return [load_file(str(out_dir / f"rank{rank}.safetensors")) for rank in range(WORLD)]
