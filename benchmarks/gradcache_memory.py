@@ -40,7 +40,7 @@ def worker(model_dir: str, batch: int, mini_batch: int, steps: int, image_size: 
     from unime.inputs import EmbedInput
     from unime.losses import HardNegativeInfoNCELoss
     from unime.modeling import build_model
-    from unime.training.common import apply_tuning
+    from unime.training.adapters import apply_tuning
 
     torch.manual_seed(0)
     model = build_model(model_dir)

@@ -18,8 +18,9 @@ from transformers import TrainerCallback  # noqa: E402
 import unime  # noqa: E402
 from unime.cli import distill as distill_cli  # noqa: E402
 from unime.cli import teacher_embed as teacher_embed_cli  # noqa: E402
-from unime.training.common import RECIPE_FILE, vision_modules  # noqa: E402
+from unime.training.adapters import vision_modules  # noqa: E402
 from unime.training.distill import DistillRecipe, run_distill  # noqa: E402
+from unime.training.recipes import RECIPE_FILE  # noqa: E402
 from unime.training.teacher_cache import TeacherCache  # noqa: E402
 
 RECIPES = Path(unime.__file__).parent / "recipes"

@@ -2,7 +2,7 @@
 
 Through the real pieces: the tiny model with its LoRA adapter, :class:`SimilarityKLLoss` (with and
 without GradCache), DistributedDataParallel's gradient averaging and the loss-scaling rule of
-:mod:`unime.training.common`.
+:mod:`unime.training.trainer`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ MINI_BATCH_SIZES = (None, 2)
 
 
 def _student(model_path: str):
-    from unime.training.common import apply_tuning, load_for_tuning, seed_everything
+    from unime.training.adapters import apply_tuning, load_for_tuning
+    from unime.training.trainer import seed_everything
 
     seed_everything(0)
     model = load_for_tuning(model_path)

@@ -15,7 +15,7 @@ import torch
 from unime.inputs import EmbedInput
 from unime.losses import HardNegativeInfoNCELoss
 from unime.modeling import build_model
-from unime.training.common import apply_tuning
+from unime.training.adapters import apply_tuning
 
 MMEB_IMAGE = "<|image_1|>\nRepresent the given image with the following question: "
 

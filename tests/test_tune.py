@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import unime
-from unime.training.common import TrainRecipe, resolve_recipe
+from unime.training.recipes import TrainRecipe, resolve_recipe
 from unime.training.tune import GRADCACHE_DEEPSPEED_ERROR, TuneRecipe, resolve_deepspeed, tune
 
 PAPER_RECIPES = ["tune-phi35v", "tune-llava16", "tune-llava-onevision-7b", "tune-qwen2vl-2b", "tune-qwen2vl-7b"]
@@ -146,7 +146,7 @@ def mmeb_train(tmp_path) -> tuple[Path, Path]:
 def stage1_model(tiny_model_factory, tmp_path) -> Path:
     """A stage-1 output: a tiny Qwen2-VL with an unmerged LoRA adapter on its LLM, stage "distill"."""
     from unime.modeling import build_model
-    from unime.training.common import apply_tuning
+    from unime.training.adapters import apply_tuning
 
     model = build_model(str(tiny_model_factory("qwen2_vl")))
     torch.manual_seed(1)

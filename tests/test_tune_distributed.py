@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from unime.losses import HardNegativeInfoNCELoss
 from unime.modeling import build_model
-from unime.training.common import apply_tuning
+from unime.training.adapters import apply_tuning
 from unime.training.mmeb_data import MMEBTrainCollator
 
 ROWS = 8

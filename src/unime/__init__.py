@@ -6,9 +6,24 @@ training stack (``unime.training``) only by the training commands.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+
+class _DropKernelsHint(logging.Filter):
+    """bitsandbytes' CPU backend logs, at import, that it could not fetch an optional kernel from the
+    hub ("Failed to load CPU gemm_4bit_forward from kernels-community ... pip install kernels").
+    sentence-transformers imports peft, which imports bitsandbytes whenever it is installed, so every
+    command printed it although only QLoRA uses bitsandbytes, and its CPU fallback works (installing
+    ``kernels`` would fetch from the hub). Only that record is dropped; nothing else it logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in str(record.msg)
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelsHint())
 
 if TYPE_CHECKING:
     from unime.modeling import UniMEModel

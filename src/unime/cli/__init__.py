@@ -24,6 +24,7 @@ _COMMANDS = (
     "plot",
     "serve",
     "demo",
+    "env",
 )
 
 
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from unime.environment import IncompatibleEnvironment
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as error:
         print(f"unime {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, IncompatibleEnvironment) as error:
         # Errors raised by the library for bad input carry the file / row / option in their text.
         print(f"unime {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Layouts: docs/synthetic-data.md.",
     )
     synth.add_argument(
-        "--out", required=True, help="output folder (refused when not empty, unless --overwrite)"
+        "--output-dir", "--out", dest="out", required=True,
+        help="output folder (refused when not empty, unless --overwrite)"
     )
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")

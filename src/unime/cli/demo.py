@@ -11,12 +11,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the whole recipe in miniature on a CPU (synthetic data, both stages, evaluation)",
         description="Generate the synthetic benchmark, build a model, evaluate it zero-shot, run stage 1, "
         "stage 2 (after stage 1 and alone), the negative-type ablations, evaluate every model, and write "
-        "report.md, results.json and figures into --out.",
+        "report.md, results.json and figures into --output-dir.",
     )
     parser.add_argument("--preset", choices=["smol", "tiny"], default="smol",
                         help="smol (default): the embedded default model, SmolLM2-135M with a small LLaVA-style "
                         "vision tower, about 15 minutes on 2 cores; tiny: a tiny random Qwen2-VL, about a minute")
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument("--output-dir", "--out", dest="out", default="runs/demo",
+                        help="output folder (default runs/demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.set_defaults(func=run)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unime.cli import CLIError
+from unime.cli.recipe_flags import split_names
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data-dir", required=True, help="local TIGER-Lab/MMEB-eval: one folder of parquet per dataset"
     )
     mmeb.add_argument("--image-dir", required=True, help="MMEB image root; row paths are relative to it")
-    mmeb.add_argument("--datasets", nargs="+", help="dataset folder names (default: all found)")
+    mmeb.add_argument("--datasets", nargs="+", help="dataset folder names, space- or comma-separated (default: all found)")
     mmeb.add_argument("--output", required=True, help="result JSON; the markdown table goes beside it")
     mmeb.add_argument(
         "--cache-dir", help="per-dataset embeddings and scores (default: OUTPUT without .json + .cache)"
@@ -89,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _model_options(sugarcrepe)
     sugarcrepe.add_argument("--data-dir", required=True, help="folder with the <split>.json files")
     sugarcrepe.add_argument("--image-dir", required=True, help="COCO val2017 images")
-    sugarcrepe.add_argument("--splits", nargs="+", help="subset of the 7 splits (default: all present)")
+    sugarcrepe.add_argument("--splits", nargs="+", help="subset of the 7 splits, space- or comma-separated (default: all present)")
     sugarcrepe.add_argument("--output", help="result JSON; the markdown table goes beside it")
     sugarcrepe.set_defaults(func=run_sugarcrepe_command)
 
@@ -225,7 +226,7 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
         args.data_dir,
         args.image_dir,
         cache_dir,
-        names=args.datasets,
+        names=split_names(args.datasets),
         model_id=model_identity(args.model),
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
@@ -236,7 +237,7 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
     config = {
         "data_dir": args.data_dir,
         "image_dir": args.image_dir,
-        "datasets": args.datasets,
+        "datasets": split_names(args.datasets),
         "cache_dir": str(cache_dir),
     }
     return _finish(args, "mmeb", metrics, config)
@@ -266,7 +267,7 @@ def run_sugarcrepe_command(args: argparse.Namespace) -> int:
     from unime.evaluation.sugarcrepe import evaluate_sugarcrepe, load_sugarcrepe
 
     _check_options(args)
-    splits = load_sugarcrepe(args.data_dir, args.image_dir, args.splits)
+    splits = load_sugarcrepe(args.data_dir, args.image_dir, split_names(args.splits))
     model = _load_model(args)
     metrics = evaluate_sugarcrepe(_shared(model), splits, args.batch_size, not args.no_progress)
     return _finish(args, "sugarcrepe", metrics, {"data_dir": args.data_dir, "image_dir": args.image_dir})

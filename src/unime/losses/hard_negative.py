@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unime.choices import NEGATIVE_MODES
 from unime.losses.base import EmbeddingLoss, _check_temperature
 from unime.losses.distributed import gather_rows, gather_with_grad, global_mean, world_size
 from unime.losses.similarity_kl import _check_matrix
-
-NEGATIVE_MODES = ("hard", "random", "easy", "all")
 
 
 @dataclass(frozen=True)

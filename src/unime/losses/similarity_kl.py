@@ -14,11 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unime.choices import DIRECTIONS
 from unime.losses.base import EmbeddingLoss, _check_temperature
 from unime.losses.distributed import gather_with_grad, global_mean, world_size
-
-DIRECTIONS = ("student_teacher", "teacher_student")
-
 
 
 def _check_direction(direction: str) -> None:

@@ -1,11 +1,14 @@
-"""The UniME training application: stage 1 (``distill``) and stage 2 (``tune``) on the
-sentence-transformers trainer. Importing :mod:`unime` never imports this package.
+"""The UniME training application: the stages on the sentence-transformers trainer. Importing
+:mod:`unime` never imports this package.
 
-The shared layer is :mod:`unime.training.common` (tuning methods, the trainer, recipes, the final
-save); stage 1 lives in :mod:`unime.training.distill`, its teacher cache in
-:mod:`unime.training.teacher_cache` and its data readers in :mod:`unime.training.text_data`. The
-names below are imported on first use, so the light modules (data readers) load without the
-training stack.
+One module a job: :mod:`~unime.training.recipes` (the settings of every stage, torch-free: the
+command line derives its flags from them), :mod:`~unime.training.adapters` (which parameters learn:
+LoRA, QLoRA, full, merging), :mod:`~unime.training.trainer` (the trainer with atomic checkpoints and
+resume), :mod:`~unime.training.saving` (the final atomic save). The stages:
+:mod:`~unime.training.distill` (stage 1, with :mod:`~unime.training.teacher_cache` and
+:mod:`~unime.training.text_data`) and :mod:`~unime.training.tune` (stage 2, with
+:mod:`~unime.training.mmeb_data`). The names below are imported on first use, so the light modules
+load without the training stack.
 """
 
 from __future__ import annotations
@@ -14,21 +17,23 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "SCOPES": "common",
-    "TUNING_METHODS": "common",
-    "TrainRecipe": "common",
-    "UniMETrainer": "common",
-    "apply_tuning": "common",
-    "has_adapter": "common",
-    "last_checkpoint": "common",
-    "load_for_tuning": "common",
-    "merge_adapter": "common",
-    "resolve_recipe": "common",
-    "save_final": "common",
-    "seed_everything": "common",
-    "vision_modules": "common",
-    "DistillRecipe": "distill",
+    "SCOPES": "adapters",
+    "TUNING_METHODS": "adapters",
+    "apply_tuning": "adapters",
+    "has_adapter": "adapters",
+    "load_for_tuning": "adapters",
+    "merge_adapter": "adapters",
+    "vision_modules": "adapters",
+    "DistillRecipe": "recipes",
+    "TrainRecipe": "recipes",
+    "TuneRecipe": "recipes",
+    "resolve_recipe": "recipes",
+    "UniMETrainer": "trainer",
+    "last_checkpoint": "trainer",
+    "seed_everything": "trainer",
+    "save_final": "saving",
     "run_distill": "distill",
+    "tune": "tune",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,85 +14,26 @@ nearly the identity and the loss collapses within 20 steps; masked, it reached 7
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
-from unime.losses import DIRECTIONS
-from unime.training.common import (
-    TrainRecipe,
-    UniMETrainer,
-    apply_tuning,
-    last_checkpoint,
-    load_for_tuning,
-    save_final,
-    seed_everything,
-)
-from unime.training.teacher_cache import DTYPES, TeacherCache, build_cache, resolve_teacher
+from unime.environment import require_compatible
+from unime.training.adapters import apply_tuning, load_for_tuning
+from unime.training.recipes import CACHE_SUBDIR, DistillRecipe
+from unime.training.saving import save_final
+from unime.training.teacher_cache import TeacherCache, build_cache, resolve_teacher
 from unime.training.text_data import read_sentences
+from unime.training.trainer import UniMETrainer, last_checkpoint, seed_everything, training_arguments
+
+__all__ = ["CACHE_SUBDIR", "DistillRecipe", "TeacherLookupCollator", "build_trainer", "prepare_cache", "run_distill"]
 
 logger = logging.getLogger(__name__)
 
 STAGE = "distill"
-CACHE_SUBDIR = "teacher-cache"
-
-
-@dataclass
-class DistillRecipe(TrainRecipe):
-    """A stage-1 run: :class:`~unime.training.common.TrainRecipe` plus the teacher, data and loss.
-
-    Attributes:
-        teacher: ``minilm`` (all-MiniLM-L6-v2, offline), ``nv-embed-v2`` (the paper's; remote code), or
-            any sentence-transformers folder / hub id.
-        teacher_prompt: overrides the teacher's prompt (NV-Embed-v2: its STS instruction).
-        trust_teacher_code: allow the teacher's hub remote code (needed for NV-Embed-v2).
-        data: training files (NLI CSV, JSONL, TSV or text); all their unique sentences are used.
-        cache: a teacher cache folder; None builds (or resumes) one in ``output_dir/teacher-cache``.
-        cache_dtype: ``float32`` or ``float16`` (halves a 4096-d cache; only the similarities meet).
-        teacher_batch_size: sentences per teacher forward while building the cache.
-        temperature, direction, exclude_diagonal: the loss (:class:`unime.losses.SimilarityKLLoss`).
-    """
-
-    teacher: str = "minilm"
-    teacher_prompt: str | None = None
-    trust_teacher_code: bool = False
-    data: list[str] = field(default_factory=list)
-    cache: str | None = None
-    cache_dtype: str = "float32"
-    teacher_batch_size: int = 64
-    temperature: float = 0.05
-    direction: str = "teacher_student"
-    exclude_diagonal: bool = True
-
-    def __post_init__(self) -> None:
-        if isinstance(self.data, (str, Path)):
-            self.data = [str(self.data)]
-        self.data = [str(path) for path in self.data]
-        super().__post_init__()
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"temperature must be positive, got {self.temperature!r}")
-        if self.cache_dtype not in DTYPES:
-            raise ValueError(f"cache_dtype must be one of {', '.join(DTYPES)}, got {self.cache_dtype!r}")
-        if self.teacher_batch_size <= 0:
-            raise ValueError(f"teacher_batch_size must be positive, got {self.teacher_batch_size}")
-        if self.exclude_diagonal and self.batch_size < 2:
-            raise ValueError("exclude_diagonal needs batch_size >= 2")
-
-    def check_runnable(self) -> None:
-        """The settings a run needs beyond a valid recipe (a recipe file may leave them to CLI flags)."""
-        missing = [name for name in ("model", "output_dir") if not getattr(self, name)]
-        if not self.data:
-            missing.append("data")
-        if missing:
-            raise ValueError(f"missing setting(s): {', '.join(missing)} (recipe keys, or --{' --'.join(m.replace('_', '-') for m in missing)})")
-
-    def cache_dir(self) -> Path:
-        return Path(self.cache) if self.cache else Path(self.output_dir) / CACHE_SUBDIR
 
 
 @dataclass
@@ -137,7 +78,7 @@ def build_trainer(recipe: DistillRecipe, callbacks: list[Any] | None = None) -> 
     sentences = read_sentences(recipe.data)
     if len(sentences) < recipe.batch_size:
         raise ValueError(f"data: {len(sentences)} unique sentences, fewer than batch_size {recipe.batch_size}")
-    args = recipe.training_arguments()
+    args = training_arguments(recipe)
     cache = prepare_cache(recipe, sentences, args)
     seed_everything(recipe.seed)
     model = load_for_tuning(recipe.model, method=recipe.tuning, scope=recipe.scope,
@@ -160,6 +101,7 @@ def run_distill(recipe: DistillRecipe, callbacks: list[Any] | None = None) -> Pa
     continues from the last complete checkpoint (and starts afresh when there is none).
     """
     recipe.check_runnable()
+    require_compatible()
     checkpoint = last_checkpoint(recipe.checkpoint_dir())
     if checkpoint and not recipe.resume:
         raise ValueError(f"--output-dir {recipe.output_dir} holds checkpoints of an earlier run; pass --resume to "

@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from sentence_transformers.base.sampler import MultiDatasetDefaultBatchSampler
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
+from unime.choices import SAMPLING
 from unime.config import MMEB_IMAGE_PLACEHOLDER
 from unime.inputs import EmbedInput, load_image
 from unime.jsonl import iter_jsonl
@@ -43,7 +44,6 @@ logger = logging.getLogger(__name__)
 DATA_SUFFIXES = (".parquet", ".jsonl")
 COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 REQUIRED_COLUMNS = ("qry", "pos_text")
-SAMPLING = ("proportional", "round_robin")
 # Sides of a pair: (name used in messages and dataset columns, MMEB text column, MMEB image column).
 _SIDES = (("query", "qry", "qry_image_path"), ("positive", "pos_text", "pos_image_path"),
           ("negative", "neg_text", "neg_image_path"))

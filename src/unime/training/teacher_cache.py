@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from unime.choices import CACHE_DTYPES
 from unime.training.text_data import data_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = "unime-teacher-cache"
 FORMAT_VERSION = 1
-DTYPES = ("float32", "float16")
+DTYPES = CACHE_DTYPES
 
 
 @dataclass(frozen=True)

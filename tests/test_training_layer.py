@@ -16,19 +16,16 @@ from transformers import TrainerCallback  # noqa: E402
 
 import unime  # noqa: E402
 from unime.losses import SimilarityKLLoss  # noqa: E402
-from unime.training.common import (  # noqa: E402
-    RECIPE_FILE,
-    TrainRecipe,
-    UniMETrainer,
+from unime.training.adapters import (  # noqa: E402
     apply_tuning,
     has_adapter,
-    last_checkpoint,
     load_for_tuning,
     merge_adapter,
-    save_final,
-    seed_everything,
     vision_modules,
 )
+from unime.training.recipes import RECIPE_FILE, TrainRecipe  # noqa: E402
+from unime.training.saving import save_final  # noqa: E402
+from unime.training.trainer import UniMETrainer, last_checkpoint, seed_everything, training_arguments  # noqa: E402
 
 SENTENCES = [f"sentence {i}: a {c} cat sits on the {p}" for i, (c, p) in
              enumerate((c, p) for c in ("red", "black", "white", "grey") for p in ("mat", "roof", "sofa", "car"))]
@@ -59,7 +56,7 @@ def _train(model_path: Path, out: Path, tuning: str = "lora", callbacks=None, re
     seed_everything(recipe.seed)
     model = load_for_tuning(recipe.model, method=recipe.tuning)
     apply_tuning(model, recipe.tuning, recipe.scope, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
-    trainer = UniMETrainer(model=model, args=recipe.training_arguments(disable_tqdm=True), train_dataset=_dataset(),
+    trainer = UniMETrainer(model=model, args=training_arguments(recipe, disable_tqdm=True), train_dataset=_dataset(),
                            loss=SimilarityKLLoss(model), callbacks=callbacks)
     checkpoint = last_checkpoint(recipe.checkpoint_dir()) if resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -192,7 +189,7 @@ def test_the_loss_statistics_join_each_log_line(tiny_model_factory, tmp_path):
     loss = _StatsLoss(model)
     loss.last_stats_calls = []
     recipe = TrainRecipe(model="m", output_dir=str(tmp_path), batch_size=4, max_steps=4, logging_steps=2, save_steps=10)
-    trainer = UniMETrainer(model=model, args=recipe.training_arguments(disable_tqdm=True), train_dataset=_dataset(), loss=loss)
+    trainer = UniMETrainer(model=model, args=training_arguments(recipe, disable_tqdm=True), train_dataset=_dataset(), loss=loss)
     trainer.train()
     logged = [entry["student_norm"] for entry in trainer.state.log_history if "student_norm" in entry]
     assert logged == [1.5, 3.5]  # means of (1, 2) and (3, 4)
@@ -202,7 +199,7 @@ def test_a_collapsing_run_is_reported_once(caplog):
     trainer = UniMETrainer.__new__(UniMETrainer)
     trainer.state = type("State", (), {"global_step": 7})()
     trainer._collapse_warned = False
-    with caplog.at_level("WARNING", logger="unime.training.common"):
+    with caplog.at_level("WARNING", logger="unime.training.trainer"):
         trainer._warn_on_collapse({"loss": 1.61, "positive_similarity": 0.95, "negative_similarity": 0.999})
         assert not caplog.records  # the positives still differ from the rest
         trainer._warn_on_collapse({"loss": 1.61, "positive_similarity": 0.995, "negative_similarity": 0.996})
@@ -232,14 +229,14 @@ def test_recipe_overrides_replace_given_flags_only_and_revalidate():
 
 
 def test_bf16_autocast_is_accepted_without_a_gpu(tmp_path):
-    args = TrainRecipe(output_dir=str(tmp_path), bf16=True).training_arguments()
+    args = training_arguments(TrainRecipe(output_dir=str(tmp_path), bf16=True))
     assert args.bf16 and args.per_device_train_batch_size == 32
 
 
 def test_the_batch_is_split_evenly_over_processes(monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match="batch_size 32 does not split over 3"):
-        TrainRecipe(output_dir=str(tmp_path), batch_size=32).training_arguments()
+        training_arguments(TrainRecipe(output_dir=str(tmp_path), batch_size=32))
 
 
 def test_a_qlora_run_saves_merged_full_precision_weights(tiny_model_factory, tmp_path):

@@ -1,0 +1,22 @@
+"""The names of every enumerated setting, in one torch-free module.
+
+The recipes (and so the command line, which derives its flags from them) validate against these
+tuples, and the losses and data readers check their own arguments against the same ones, so a
+name is spelled once. Importing this module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+TUNING_METHODS = ("lora", "qlora", "full")
+SCOPES = ("llm", "all")
+# Stage 1: KL(P_s || P_t) or KL(P_t || P_s) (unime.losses.similarity_kl).
+DIRECTIONS = ("student_teacher", "teacher_student")
+# Stage 2 negative selection (unime.losses.hard_negative; "random", "easy", "all": the ablations).
+NEGATIVE_MODES = ("hard", "random", "easy", "all")
+# Order of the stage-2 data sets' batches (unime.training.mmeb_data).
+SAMPLING = ("proportional", "round_robin")
+# Storage precision of a teacher cache (unime.training.teacher_cache).
+CACHE_DTYPES = ("float32", "float16")
+# Learning-rate schedules of transformers' Trainer that need no extra arguments.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")

@@ -1,0 +1,143 @@
+"""What is installed, and whether it is a combination known to break (``unime env``).
+
+The training stages call :func:`require_compatible` before loading anything, so a known conflict
+fails with what to install instead, not with an error from deep inside peft about LoRA target
+modules. The rules are plain data (:data:`CONFLICTS`), each with the fix it recommends; the
+tested set of versions is the lock file ``constraints.txt`` that ``scripts/setup.sh`` installs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+# Distributions reported by `unime env`, in this order (distribution name, as pip spells it).
+PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "accelerate", "bitsandbytes", "deepspeed",
+            "flash-attn", "datasets", "huggingface-hub", "safetensors", "tokenizers", "mteb", "fastapi", "uvicorn",
+            "torchvision", "timm")
+TESTED_SET = "bash scripts/setup.sh (installs the tested versions of constraints.txt)"
+
+
+class IncompatibleEnvironment(RuntimeError):
+    """An installed combination of packages that is known not to work."""
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A rule: ``applies(versions)`` says whether the installed versions break; ``message`` says why and the fix."""
+
+    name: str
+    applies: Callable[[dict[str, Version | None]], bool]
+    message: Callable[[dict[str, Version | None]], str]
+
+
+def _at_least(versions: dict[str, Version | None], name: str, bound: str) -> bool:
+    return versions.get(name) is not None and versions[name] >= Version(bound)
+
+
+def _below(versions: dict[str, Version | None], name: str, bound: str) -> bool:
+    return versions.get(name) is not None and versions[name] < Version(bound)
+
+
+CONFLICTS: tuple[Conflict, ...] = (
+    Conflict(
+        "transformers-peft",
+        # transformers 5.24 refuses every peft before 0.22 ("The version of PEFT you are using is not
+        # compatible, please use a version >= 0.22.0"); no such peft is released on 2026-12-01.
+        lambda v: _at_least(v, "transformers", "5.24") and _below(v, "peft", "0.22"),
+        lambda v: (f"transformers {v['transformers']} needs peft >= 0.22, but peft {v['peft']} is installed: every "
+                   "LoRA / QLoRA path (unime distill, unime tune, unime demo) fails. Install "
+                   "pip install 'transformers>=5.20,<5.24' (or " + TESTED_SET + ")"),
+    ),
+    Conflict(
+        "transformers-range",
+        lambda v: _below(v, "transformers", "5.20") or _at_least(v, "transformers", "6"),
+        lambda v: (f"unime needs transformers >= 5.20 and < 5.24, found {v['transformers']}: "
+                   "pip install 'transformers>=5.20,<5.24' (or " + TESTED_SET + ")"),
+    ),
+    Conflict(
+        "sentence-transformers-range",
+        lambda v: _below(v, "sentence-transformers", "6.2") or _at_least(v, "sentence-transformers", "7"),
+        lambda v: (f"unime needs sentence-transformers >= 6.2 and < 7, found {v['sentence-transformers']}: "
+                   "pip install 'sentence-transformers>=6.2,<7' (or " + TESTED_SET + ")"),
+    ),
+)
+
+
+def installed_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution, None when it is not installed."""
+    found: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _parsed(versions: dict[str, str | None]) -> dict[str, Version | None]:
+    parsed: dict[str, Version | None] = {}
+    for name, text in versions.items():
+        try:
+            # "2.13.0+cpu" compares as 2.13.0: the local build tag says nothing about compatibility.
+            parsed[name] = Version(Version(text).base_version) if text else None
+        except InvalidVersion:
+            parsed[name] = None
+    return parsed
+
+
+def known_conflicts(versions: dict[str, str | None] | None = None) -> list[str]:
+    """The messages of every rule of :data:`CONFLICTS` that the given (default: installed) versions break."""
+    parsed = _parsed(versions if versions is not None else installed_versions())
+    return [rule.message(parsed) for rule in CONFLICTS if rule.applies(parsed)]
+
+
+def broken_imports() -> list[str]:
+    """Packages that are installed but cannot be imported and break others that look for them.
+
+    torchvision from PyPI beside a CPU build of torch fails with ``operator torchvision::nms does
+    not exist``, and transformers' processors that have a video slot then fail to construct.
+    """
+    problems = []
+    if installed_versions(("torchvision",))["torchvision"] is not None:
+        try:
+            import torchvision  # noqa: F401
+        except Exception as error:  # noqa: BLE001 - any import failure is the finding
+            problems.append(f"torchvision is installed but does not import ({error}); image processors that "
+                            "look for it break. Uninstall it (pip uninstall torchvision) or install the build "
+                            "that matches your torch")
+    return problems
+
+
+def require_compatible() -> None:
+    """Raise :class:`IncompatibleEnvironment` naming every known conflict of the installed packages."""
+    problems = known_conflicts() + broken_imports()
+    if problems:
+        raise IncompatibleEnvironment("incompatible packages installed:\n  - " + "\n  - ".join(problems))
+
+
+def device_summary() -> dict[str, Any]:
+    """torch's build and the accelerators it sees."""
+    import torch
+
+    summary: dict[str, Any] = {"torch_cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+                               "cpu_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        summary["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        summary["bf16_supported"] = torch.cuda.is_bf16_supported()
+    return summary
+
+
+def report() -> dict[str, Any]:
+    """Everything ``unime env`` prints, as a mapping (``unime env --json`` writes it as is)."""
+    from unime import __version__
+
+    return {"unime": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            "packages": installed_versions(), "device": device_summary(),
+            "problems": known_conflicts() + broken_imports()}

@@ -1,0 +1,179 @@
+"""The trainer both stages run on: sentence-transformers' trainer with atomic checkpoints.
+
+Loss-scaling rule (stated once, here). A UniME loss returns the mean over the *global* batch of
+the rows this rank owns, scaled by :func:`unime.losses.distributed.global_mean` so that DDP's
+gradient averaging over W ranks gives exactly the gradient of the mean over all ``batch_size``
+rows: two ranks with half the batch each equal one rank with the whole batch. Gradient
+accumulation over A micro-batches is the trainer's: it divides each micro-batch loss by A, so A
+micro-batches of B rows give the mean of the A in-batch losses (each micro-batch is its own
+in-batch matrix; use the loss's ``mini_batch_size`` (GradCache) instead to enlarge the matrix
+itself). The learning rate is therefore independent of W and A.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from unime.training.adapters import has_adapter
+from unime.training.recipes import TrainRecipe
+
+logger = logging.getLogger(__name__)
+
+_STAGING = ".staging"
+# Mean cosine of both the positives and the chosen negatives to their queries at or above which a
+# stage-2 run is reported as collapsing (every input embedded alike).
+COLLAPSE_SIMILARITY = 0.99
+
+
+class UniMETrainer(SentenceTransformerTrainer):
+    """``SentenceTransformerTrainer`` with three narrow additions for long runs.
+
+    - Atomic checkpoints: each ``checkpoint-N`` is written into a staging folder beside it and renamed
+      into place once complete, so a killed run never leaves a half-written ``checkpoint-N`` that
+      resuming would pick up.
+    - The loss's ``last_stats`` (a ``dict[str, float]`` refreshed by each forward, e.g. the stage-2
+      mining statistics), averaged over the logging interval, join each log line.
+    - Training arguments are saved as JSON (``training_args.json``) beside the checkpoint, not pickled.
+    - A warning, once, when the logged mining statistics show the embeddings collapsing (see
+      :data:`COLLAPSE_SIMILARITY`).
+
+    Resume with ``trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._staging_dir: str | None = None
+        self._stats_sum: dict[str, float] = {}
+        self._stats_count = 0
+        self._collapse_warned = False
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        loss_fn = self.loss if not isinstance(self.loss, dict) else None
+        stats = getattr(loss_fn, "last_stats", None) if model.training else None
+        if stats:
+            for key, value in stats.items():
+                self._stats_sum[key] = self._stats_sum.get(key, 0.0) + float(value)
+            self._stats_count += 1
+        return result
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._stats_count:
+            logs = {**logs, **{k: round(v / self._stats_count, 4) for k, v in self._stats_sum.items()}}
+            self._stats_sum, self._stats_count = {}, 0
+            self._warn_on_collapse(logs)
+        super().log(logs, start_time)
+
+    def _warn_on_collapse(self, logs: dict[str, float]) -> None:
+        positive, negative = logs.get("positive_similarity"), logs.get("negative_similarity")
+        if self._collapse_warned or positive is None or negative is None:
+            return
+        if min(positive, negative) >= COLLAPSE_SIMILARITY:
+            self._collapse_warned = True
+            logger.warning(
+                "step %d: the embeddings are collapsing: positives and chosen negatives both have mean cosine "
+                ">= %.2f to their queries (%.4f, %.4f), so the loss sits near ln(k + 1) and the gradient vanishes. "
+                "A model whose embeddings do not yet separate the candidates (e.g. an untrained vision tower) "
+                "does this under hard negatives (docs/stage2.md, 'Collapse'): start from a stronger model or "
+                "compare --negatives all.",
+                self.state.global_step, COLLAPSE_SIMILARITY, positive, negative)
+
+    def _get_output_dir(self, trial: Any) -> str:
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, _STAGING)
+        if self.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(staging, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        # Every rank writes its RNG state into the staging folder before it moves.
+        self.accelerator.wait_for_everyone()
+        if self.is_world_process_zero():
+            final = os.path.join(run_dir, name)
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        super()._save(output_dir, state_dict)
+        folder = output_dir or self.args.output_dir
+        pickled = os.path.join(folder, "training_args.bin")
+        if os.path.isfile(pickled):
+            os.remove(pickled)
+        Path(folder, "training_args.json").write_text(self.args.to_json_string())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        # With an adapter only the adapter weights change: load those, not a second full model
+        # (which for QLoRA could not even be loaded into the 4-bit layers by state dict).
+        adapter_file = Path(resume_from_checkpoint, "adapter_model.safetensors")
+        if has_adapter(self.model) and adapter_file.is_file():
+            from peft.utils import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            result = set_peft_model_state_dict(self.model[0].model, load_file(str(adapter_file)))
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise ValueError(f"{adapter_file}: adapter weights do not fit this model: {unexpected[:3]}")
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint)
+
+
+def last_checkpoint(folder: str | Path) -> str | None:
+    """The last complete ``checkpoint-N`` in ``folder`` (staging folders are never complete), or None."""
+    folder = Path(folder)
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def training_arguments(recipe: TrainRecipe, **extra: Any) -> SentenceTransformerTrainingArguments:
+    """The trainer arguments of this recipe (the batch split evenly over the processes)."""
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    if recipe.batch_size % ranks:
+        raise ValueError(f"batch_size {recipe.batch_size} does not split over {ranks} processes")
+    settings: dict[str, Any] = dict(
+        output_dir=str(recipe.checkpoint_dir()), per_device_train_batch_size=recipe.batch_size // ranks,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps, learning_rate=recipe.learning_rate,
+        warmup_steps=recipe.warmup_steps, weight_decay=recipe.weight_decay, lr_scheduler_type=recipe.lr_scheduler,
+        max_grad_norm=recipe.max_grad_norm, max_steps=recipe.max_steps, num_train_epochs=recipe.epochs, bf16=recipe.bf16,
+        seed=recipe.seed, data_seed=recipe.seed, logging_steps=recipe.logging_steps, save_strategy="steps",
+        save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit, report_to="none",
+        # The in-batch losses need full batches, and equal shards keep the ranks in step.
+        dataloader_drop_last=True,
+        ddp_backend="gloo" if ranks > 1 and not torch.cuda.is_available() else None,
+        # Without it the trainer refuses bf16 autocast on a machine without a GPU.
+        use_cpu=not torch.cuda.is_available(),
+        # Vision-side adapters get no gradient from text-only batches in scope "all".
+        ddp_find_unused_parameters=recipe.scope == "all",
+    )
+    settings.update(extra)
+    return SentenceTransformerTrainingArguments(**settings)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (the LoRA initialisation draws from torch's RNG)."""
+    from transformers import set_seed
+
+    set_seed(seed)
