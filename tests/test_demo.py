@@ -35,7 +35,7 @@ def test_report_tables_hold_the_measured_numbers(tmp_path):
 @pytest.mark.timeout(900)
 def test_tiny_demo_runs_every_stage_and_writes_report_and_figures(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--preset", "tiny", "--out", str(out)]) == 0
+    assert main(["demo", "--preset", "tiny", "--output-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())["results"]
     expected = {"base", "stage 1", "stage 2", "stage 1+2", "stage 1+2, all negatives",
                 "stage 1+2, random negatives", "stage 1+2, easy negatives"}
@@ -48,6 +48,19 @@ def test_tiny_demo_runs_every_stage_and_writes_report_and_figures(tmp_path):
     for run in ("stage12", "stage12-easynegatives", "stage12-randomnegatives", "stage12-allnegatives"):
         lines = (out / run / "training_log.jsonl").read_text().splitlines()
         assert any("grad_norm" in line and "false_negative_rate" in line for line in lines)
+    for name, metrics in results.items():
+        for key, value in metrics.items():
+            low = -100.0 if key.endswith("spearman") else 0.0
+            assert low <= value <= 100.0, (name, key, value)
+        for direction in ("i2t", "t2i"):
+            recalls = [metrics.get(f"retrieval/synth/{direction}_R@{k}") for k in (1, 5, 10)]
+            if None not in recalls:
+                assert recalls == sorted(recalls), (name, direction, recalls)
+    # Training changed the model: its scores are not the base model's.
+    assert any(results["stage 1+2"][k] != v for k, v in results["base"].items())
     report = (out / "report.md").read_text()
-    assert "## MMEB-style precision@1" in report and "| stage 1+2 |" in report and "nan" not in report
+    assert "## MMEB-style precision@1" in report and "nan" not in report
+    # The report shows the numbers of results.json, in the row of their model.
+    row = next(line for line in report.splitlines() if line.startswith("| stage 1+2 |"))
+    assert f"{results['stage 1+2']['mmeb/overall/precision@1']:.1f}" in row
     assert (out / "similarity.png").stat().st_size > 0 and (out / "negatives.png").stat().st_size > 0

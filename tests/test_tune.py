@@ -166,11 +166,9 @@ def _tiny_flags(data: Path, images: Path, out: Path) -> list[str]:
             "--save-steps", "2", "--no-bf16", "--explicit-negatives"]
 
 
-def test_cli_tunes_a_stage1_model_end_to_end(stage1_model, mmeb_train, tmp_path, monkeypatch, capsys):
+def test_cli_tunes_a_stage1_model_end_to_end(stage1_model, mmeb_train, tmp_path, capsys):
     import unime.cli as cli
 
-    if "tune" not in cli._COMMANDS:
-        monkeypatch.setattr(cli, "_COMMANDS", (*cli._COMMANDS, "tune"))
     data, images = mmeb_train
     out = tmp_path / "tuned"
     assert cli.main(["tune", "--config", "tune-cpu", "--model", str(stage1_model), *_tiny_flags(data, images, out)]) == 0
@@ -192,11 +190,9 @@ def test_cli_tunes_a_stage1_model_end_to_end(stage1_model, mmeb_train, tmp_path,
     assert embeddings.shape[0] == 2 and np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
 
 
-def test_cli_reports_a_bad_row_naming_it(stage1_model, mmeb_train, tmp_path, monkeypatch, capsys):
+def test_cli_reports_a_bad_row_naming_it(stage1_model, mmeb_train, tmp_path, capsys):
     import unime.cli as cli
 
-    if "tune" not in cli._COMMANDS:
-        monkeypatch.setattr(cli, "_COMMANDS", (*cli._COMMANDS, "tune"))
     data, images = mmeb_train
     (images / "train" / "5.png").unlink()
     argv = ["tune", "--config", "tune-cpu", "--model", str(stage1_model), *_tiny_flags(data, images, tmp_path / "o")]
@@ -251,3 +247,12 @@ def test_qlora_and_full_tuning_run_and_save_a_loadable_model(tuning, tiny_model_
     model = unime.load(str(out))
     assert model.unime_config.stages == ["tune"] and not (out / "adapter_config.json").exists()
     assert model.encode(["answer 3"]).shape[0] == 1
+    # The step trained: the saved weights differ from the base model's, in the language model
+    # (QLoRA: its LoRA update merged into full-precision weights) and nowhere outside the scope.
+    base = unime.load(str(tiny_model_factory("qwen2_vl")))
+    before = {k: v for k, v in base.state_dict().items()}
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("language_model" in k and "q_proj.weight" in k for k in changed), changed
+    assert all(before[k].dtype == after[k].dtype for k in before)

@@ -199,15 +199,17 @@ def _tune(preset: DemoPreset, start: Path, data: Path, out: Path, negatives: str
 def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *,
              overwrite: bool = False) -> dict[str, dict[str, float]]:
     """Run the demo into ``out``; returns ``{model name: metrics}`` and writes report, JSON and figures."""
+    from unime.environment import require_compatible
     from unime.synth import SynthConfig, generate
 
+    require_compatible()
     if preset_name not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset_name!r}")
     preset = PRESETS[preset_name]
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"--out {out} exists and is not empty (use --overwrite)")
+            raise FileExistsError(f"--output-dir {out} exists and is not empty (use --overwrite)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     step = _Step(total=4 + 2 * len(STAGE_RUNS) + 2)

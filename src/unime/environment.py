@@ -21,7 +21,7 @@ from packaging.version import InvalidVersion, Version
 PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "accelerate", "bitsandbytes", "deepspeed",
             "flash-attn", "datasets", "huggingface-hub", "safetensors", "tokenizers", "mteb", "fastapi", "uvicorn",
             "torchvision", "timm")
-TESTED_SET = "bash scripts/setup.sh (installs the tested versions of constraints.txt)"
+TESTED_SET = "bash scripts/setup.sh (the tested versions of constraints.txt)"
 
 
 class IncompatibleEnvironment(RuntimeError):
@@ -52,20 +52,20 @@ CONFLICTS: tuple[Conflict, ...] = (
         # compatible, please use a version >= 0.22.0"); no such peft is released on 2026-12-01.
         lambda v: _at_least(v, "transformers", "5.24") and _below(v, "peft", "0.22"),
         lambda v: (f"transformers {v['transformers']} needs peft >= 0.22, but peft {v['peft']} is installed: every "
-                   "LoRA / QLoRA path (unime distill, unime tune, unime demo) fails. Install "
-                   "pip install 'transformers>=5.20,<5.24' (or " + TESTED_SET + ")"),
+                   "LoRA / QLoRA path (unime distill, unime tune, unime demo) fails. Fix: "
+                   "pip install 'transformers>=5.20,<5.24', or " + TESTED_SET),
     ),
     Conflict(
         "transformers-range",
         lambda v: _below(v, "transformers", "5.20") or _at_least(v, "transformers", "6"),
         lambda v: (f"unime needs transformers >= 5.20 and < 5.24, found {v['transformers']}: "
-                   "pip install 'transformers>=5.20,<5.24' (or " + TESTED_SET + ")"),
+                   "pip install 'transformers>=5.20,<5.24', or " + TESTED_SET),
     ),
     Conflict(
         "sentence-transformers-range",
         lambda v: _below(v, "sentence-transformers", "6.2") or _at_least(v, "sentence-transformers", "7"),
         lambda v: (f"unime needs sentence-transformers >= 6.2 and < 7, found {v['sentence-transformers']}: "
-                   "pip install 'sentence-transformers>=6.2,<7' (or " + TESTED_SET + ")"),
+                   "pip install 'sentence-transformers>=6.2,<7', or " + TESTED_SET),
     ),
 )
 

@@ -10,7 +10,8 @@ from unime.cli import CLIError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="generate data sets", description=__doc__)
+    parser = subparsers.add_parser("data", help="generate data sets",
+                                   description="Data set utilities: unime data synth writes the synthetic benchmark.")
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
     synth = actions.add_parser(
