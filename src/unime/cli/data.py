@@ -1,4 +1,5 @@
-"""``unime data``: data set utilities. ``unime data synth`` writes the synthetic benchmark."""
+"""``unime data``: data set utilities. ``unime data synth`` writes the synthetic benchmark;
+``unime data captions`` turns an image-caption file into MMEB-train pairs and MMEB-eval retrieval sets."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from unime.cli import CLIError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="generate data sets",
-                                   description="Data set utilities: unime data synth writes the synthetic benchmark.")
+                                   description="Data set utilities: unime data synth writes the synthetic benchmark; unime data "
+                                   "captions turns an image-caption file into MMEB-layout training and eval sets.")
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
     synth = actions.add_parser(
@@ -57,6 +59,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     synth.set_defaults(func=_synth)
+    _register_captions(actions)
+
+
+def _register_captions(actions: argparse._SubParsersAction) -> None:
+    captions = actions.add_parser(
+        "captions",
+        help="image-caption file -> MMEB-train i2t/t2i pairs and MMEB-eval retrieval sets",
+        description="Read a CSV / TSV / JSONL file with image and caption columns (e.g. Flickr8k's train.csv) and "
+        "write MMEB-layout sets with MSCOCO_i2t / MSCOCO_t2i's instructions: --train writes "
+        "OUTPUT_DIR/NAME_i2t/train.jsonl and NAME_t2i/train.jsonl for unime tune; --eval writes "
+        "OUTPUT_DIR/NAME_i2t/test.parquet, NAME_t2i/test.parquet and splits.json for unime eval mmeb. Image paths "
+        "stay relative to --image-dir (pass it as --image-root / --image-dir later).",
+    )
+    captions.add_argument("--data", required=True, help="caption file with image,caption columns")
+    captions.add_argument("--image-dir", required=True, help="folder the image column is relative to")
+    captions.add_argument("--output-dir", required=True, help="folder the data set folders are written into")
+    captions.add_argument("--name", default="Flickr8k", help="data set name prefix (default Flickr8k)")
+    kind = captions.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--train", action="store_true", help="write stage-2 training pairs")
+    kind.add_argument("--eval", action="store_true", help="write MMEB-style evaluation sets")
+    captions.add_argument("--captions-per-image", type=int, help="training rows per image (default: all captions)")
+    captions.add_argument("--max-images", type=int, help="use the first N images of the file")
+    captions.add_argument("--candidates", type=int, default=1000,
+                          help="eval: candidates per query, the positive included (default 1000, as MMEB)")
+    captions.add_argument("--seed", type=int, default=0, help="eval: seed of the distractor draw")
+    captions.set_defaults(func=_captions)
+
+
+def _captions(args: argparse.Namespace) -> int:
+    from unime.captions import read_caption_pairs, write_eval_sets, write_train_pairs
+
+    pairs = read_caption_pairs(args.data, args.image_dir)
+    if args.train:
+        counts = write_train_pairs(pairs, args.output_dir, args.name, captions_per_image=args.captions_per_image,
+                                   max_images=args.max_images)
+    else:
+        counts = write_eval_sets(pairs, args.output_dir, args.name, candidates=args.candidates,
+                                 max_images=args.max_images, seed=args.seed)
+    print(json.dumps({"output_dir": str(args.output_dir), "rows": counts}))
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
