@@ -110,6 +110,20 @@ class UniMETransformer(Transformer):
         )
         self.tokenizer.padding_side = self.unime_config.padding_side
 
+    def train(self, mode: bool = True) -> UniMETransformer:
+        super().train(mode)
+        if mode:
+            # Frozen BatchNorm layers (the seeing default's MobileNetV2 tower) keep normalising with
+            # their running statistics: in train mode they would use each mini-batch's own, so
+            # GradCache's chunked forwards would differ from a whole-batch one, and training would
+            # overwrite the ImageNet statistics that the frozen weights expect.
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in module.parameters(recurse=False)
+                ):
+                    module.eval()
+        return self
+
     @property
     def unime(self) -> dict[str, Any]:
         # Read by get_config_dict through config_keys: the settings travel in sentence_bert_config.json.

