@@ -9,6 +9,9 @@ from __future__ import annotations
 
 TUNING_METHODS = ("lora", "qlora", "full")
 SCOPES = ("llm", "all")
+# The feature-alignment stage (unime align) trains the projector alone, in full: one choice each.
+ALIGN_TUNING = ("full",)
+ALIGN_SCOPES = ("projector",)
 # Stage 1: KL(P_s || P_t) or KL(P_t || P_s) (unime.losses.similarity_kl).
 DIRECTIONS = ("student_teacher", "teacher_student")
 # Stage 2 negative selection (unime.losses.hard_negative; "random", "easy", "all": the ablations).

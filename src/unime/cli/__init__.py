@@ -18,6 +18,8 @@ _COMMANDS = (
     "make_tiny",
     "data",
     "teacher_embed",
+    "align",
+    "caption",
     "distill",
     "tune",
     "eval",

@@ -7,8 +7,10 @@ LoRA, QLoRA, full, merging), :mod:`~unime.training.trainer` (the trainer with at
 resume), :mod:`~unime.training.saving` (the final atomic save). The stages:
 :mod:`~unime.training.distill` (stage 1, with :mod:`~unime.training.teacher_cache` and
 :mod:`~unime.training.text_data`) and :mod:`~unime.training.tune` (stage 2, with
-:mod:`~unime.training.mmeb_data`). The names below are imported on first use, so the light modules
-load without the training stack.
+:mod:`~unime.training.mmeb_data`). Before them, for a base MLLM whose projector is untrained:
+:mod:`~unime.training.align` (feature alignment, LLaVA's stage 1, with
+:mod:`~unime.training.caption_data` and :mod:`~unime.training.captioning`). The names below are
+imported on first use, so the light modules load without the training stack.
 """
 
 from __future__ import annotations
@@ -24,15 +26,20 @@ _EXPORTS = {
     "load_for_tuning": "adapters",
     "merge_adapter": "adapters",
     "vision_modules": "adapters",
+    "AlignRecipe": "recipes",
     "DistillRecipe": "recipes",
     "TrainRecipe": "recipes",
     "TuneRecipe": "recipes",
     "resolve_recipe": "recipes",
+    "AtomicCheckpointMixin": "trainer",
     "UniMETrainer": "trainer",
     "last_checkpoint": "trainer",
     "seed_everything": "trainer",
     "save_final": "saving",
+    "run_align": "align",
     "run_distill": "distill",
+    "generate_captions": "captioning",
+    "load_captioner": "captioning",
     "tune": "tune",
 }
 

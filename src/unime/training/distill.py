@@ -27,7 +27,7 @@ from unime.training.recipes import CACHE_SUBDIR, DistillRecipe
 from unime.training.saving import save_final
 from unime.training.teacher_cache import TeacherCache, build_cache, resolve_teacher
 from unime.training.text_data import read_sentences
-from unime.training.trainer import UniMETrainer, last_checkpoint, seed_everything, training_arguments
+from unime.training.trainer import UniMETrainer, resume_checkpoint, seed_everything, training_arguments
 
 __all__ = ["CACHE_SUBDIR", "DistillRecipe", "TeacherLookupCollator", "build_trainer", "prepare_cache", "run_distill"]
 
@@ -102,12 +102,7 @@ def run_distill(recipe: DistillRecipe, callbacks: list[Any] | None = None) -> Pa
     """
     recipe.check_runnable()
     require_compatible()
-    checkpoint = last_checkpoint(recipe.checkpoint_dir())
-    if checkpoint and not recipe.resume:
-        raise ValueError(f"--output-dir {recipe.output_dir} holds checkpoints of an earlier run; pass --resume to "
-                         "continue it, or choose another --output-dir")
-    if recipe.resume and checkpoint is None:
-        logger.info("resume: no complete checkpoint in %s, starting from the beginning", recipe.checkpoint_dir())
+    checkpoint = resume_checkpoint(recipe)
     trainer = build_trainer(recipe, callbacks)
-    trainer.train(resume_from_checkpoint=checkpoint if recipe.resume else None)
+    trainer.train(resume_from_checkpoint=checkpoint)
     return save_final(trainer.model, recipe.output_dir, STAGE, recipe)

@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 
 from unime.choices import (
+    ALIGN_SCOPES,
+    ALIGN_TUNING,
     CACHE_DTYPES,
     DIRECTIONS,
     LR_SCHEDULERS,
@@ -123,9 +125,9 @@ class TrainRecipe:
     trust_remote_code: bool = setting(False, "allow the model's hub remote code (Phi-3.5-V); off unless given")
 
     def __post_init__(self) -> None:
-        check_choice("tuning", self.tuning, TUNING_METHODS)
-        check_choice("scope", self.scope, SCOPES)
-        check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        # Against the field's own choices: a stage may narrow them (align: the projector alone, in full).
+        for name in ("tuning", "scope", "lr_scheduler"):
+            check_choice(name, getattr(self, name), self.field_choices(name))
         for name in ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "logging_steps",
                      "save_steps"):
             check_positive(name, getattr(self, name))
@@ -144,6 +146,11 @@ class TrainRecipe:
             raise ValueError("learning_rate must be positive; warmup_steps, weight_decay, max_grad_norm not negative")
         if self.max_steps == 0 or self.max_steps < -1 or (self.max_steps == -1 and not self.epochs > 0):
             raise ValueError(f"max_steps must be positive (or -1 with epochs > 0), got {self.max_steps}")
+
+    @classmethod
+    def field_choices(cls, name: str) -> tuple[str, ...]:
+        """The ``choices`` of the field ``name`` (what its flag accepts)."""
+        return next(spec.metadata["choices"] for spec in fields(cls) if spec.name == name)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> TrainRecipe:
@@ -310,3 +317,76 @@ class TuneRecipe(TrainRecipe):
     def require_inputs(self) -> None:
         """The settings a run needs that no default can give, named as the CLI flags."""
         self.require("model", "data", "image_root", "output_dir")
+
+
+ALIGN_PROMPT = "Describe the image in one sentence."
+# TrainRecipe settings about adapters and GradCache: meaningless when the projector learns in full
+# from a token-level loss. The command line has no flag for them; a recipe that sets one is refused.
+ALIGN_INAPPLICABLE = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_regex", "modules_to_save",
+                      "mini_batch_size", "merge")
+
+
+@dataclass
+class AlignRecipe(TrainRecipe):
+    """The base MLLM's feature alignment (``unime align``): LLaVA's stage-1 pretraining.
+
+    Only the projector (vision features -> LLM embedding space) learns, in full, from the captioning
+    language-model loss on image-caption pairs; the vision tower and the LLM stay frozen, so
+    ``tuning`` is ``full`` and ``scope`` is ``projector`` and nothing else, and the LoRA settings
+    (:data:`ALIGN_INAPPLICABLE`) do not apply. Defaults follow LLaVA-1.5's pretraining (lr 1e-3,
+    cosine schedule after a short warm-up, no weight decay, bf16) at a CPU-sized batch of 32.
+    """
+
+    tuning: str = setting("full", "what learns: the projector's full weights (the only choice in align)",
+                          choices=ALIGN_TUNING)
+    scope: str = setting("projector", "the projector alone learns; vision tower and LLM stay frozen (the only "
+                         "choice in align)", choices=ALIGN_SCOPES)
+    learning_rate: float = setting(1e-3, "AdamW peak learning rate (LLaVA-1.5's pretraining rate)")
+    warmup_steps: int = setting(20, "linear warm-up steps")
+    lr_scheduler: str = setting("cosine", "learning-rate schedule after warm-up (LLaVA: cosine)",
+                                choices=LR_SCHEDULERS)
+    batch_size: int = setting(32, "global batch: image-caption rows per optimiser step over all processes")
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimiser step (the loss is the mean over "
+                                               "all their caption tokens)")
+    bf16: bool = setting(True, "bf16 autocast")
+    seed: int = setting(42, "seeds the data order")
+    save_steps: int = setting(100, "checkpoint every N steps")
+    data: list[str] = setting(help="image-caption files: CSV with an image,caption header, or JSONL rows "
+                              '{"image": ..., "caption": ...}', factory=list)
+    image_root: str = setting("", "folder the image paths are relative to (default: each caption file's folder)")
+    prompt: str = setting(ALIGN_PROMPT, "the user's instruction after the image, before the caption")
+    max_caption_tokens: int = setting(64, "captions are cut to this many tokens (the end-of-turn token "
+                                      "comes on top)")
+    image_size: int | None = setting(None, "square resize of every image before the processor (0: the "
+                                     "processor's own size)", null_flag=0)
+    captions_per_image: int | None = setting(None, "use the first N captions of each image (0: all)", null_flag=0)
+    max_rows: int | None = setting(None, "use the first N good rows (0: all)", null_flag=0)
+    skip_bad_rows: bool = setting(False, "leave out and count bad rows instead of stopping at the first")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, Path)):
+            self.data = [str(self.data)]
+        self.data = [str(path) for path in self.data]
+        if (self.tuning, self.scope) != (ALIGN_TUNING[0], ALIGN_SCOPES[0]):
+            raise ValueError(f"align trains the projector alone, in full (tuning: full, scope: projector), got "
+                             f"tuning {self.tuning!r}, scope {self.scope!r}: adapters and the llm / all scopes "
+                             "belong to unime distill and unime tune")
+        defaults = {spec.name: spec.default for spec in fields(TrainRecipe)}
+        for name in ALIGN_INAPPLICABLE:
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(f"{name} does not apply to align (the projector learns in full, without an "
+                                 "adapter or GradCache); leave it out")
+        super().__post_init__()
+        check_positive("max_caption_tokens", self.max_caption_tokens)
+        for name in ("image_size", "captions_per_image", "max_rows"):
+            check_positive(name, getattr(self, name), optional=True)
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"prompt must be a string, got {self.prompt!r}")
+
+    def check_runnable(self) -> None:
+        """The settings a run needs beyond a valid recipe (a recipe file may leave them to CLI flags)."""
+        self.require("model", "data", "output_dir")
+
+    def to_dict(self) -> dict[str, Any]:
+        # The inapplicable settings would only mislead a reader of the saved recipe.
+        return {key: value for key, value in asdict(self).items() if key not in ALIGN_INAPPLICABLE}

@@ -1,4 +1,8 @@
-"""The trainer both stages run on: sentence-transformers' trainer with atomic checkpoints.
+"""The trainers the stages run on, with atomic checkpoints and resume shared by all of them.
+
+:class:`AtomicCheckpointMixin` holds what every stage needs from a long run (atomic checkpoints, JSON
+training arguments); :class:`UniMETrainer` (the embedding stages, on sentence-transformers' trainer)
+and ``unime.training.align.AlignTrainer`` (the captioning stage, on transformers' ``Trainer``) use it.
 
 Loss-scaling rule (stated once, here). A UniME loss returns the mean over the *global* batch of
 the rows this rank owns, scaled by :func:`unime.losses.distributed.global_mean` so that DDP's
@@ -33,24 +37,79 @@ _STAGING = ".staging"
 COLLAPSE_SIMILARITY = 0.99
 
 
-class UniMETrainer(SentenceTransformerTrainer):
-    """``SentenceTransformerTrainer`` with three narrow additions for long runs.
+class AtomicCheckpointMixin:
+    """What every unime trainer adds to a Hugging Face ``Trainer`` for long runs (put it first in the bases).
 
     - Atomic checkpoints: each ``checkpoint-N`` is written into a staging folder beside it and renamed
       into place once complete, so a killed run never leaves a half-written ``checkpoint-N`` that
       resuming would pick up.
+    - Training arguments are saved as JSON (``training_args.json``) beside the checkpoint, not pickled.
+
+    A trainer that checkpoints less than the whole model overrides :meth:`_save_weights` (and the
+    trainer's ``_load_from_checkpoint`` to match). Resume with
+    ``trainer.train(resume_from_checkpoint=resume_checkpoint(recipe))``.
+    """
+
+    _staging_dir: str | None = None
+
+    def _get_output_dir(self, trial: Any) -> str:
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, _STAGING)
+        if self.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(staging, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        # Every rank writes its RNG state into the staging folder before it moves.
+        self.accelerator.wait_for_everyone()
+        if self.is_world_process_zero():
+            final = os.path.join(run_dir, name)
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        folder = output_dir or self.args.output_dir
+        self._save_weights(folder, state_dict)
+        pickled = os.path.join(folder, "training_args.bin")
+        if os.path.isfile(pickled):
+            os.remove(pickled)
+        if self.args.should_save:
+            os.makedirs(folder, exist_ok=True)
+            Path(folder, "training_args.json").write_text(self.args.to_json_string())
+
+    def _save_weights(self, output_dir: str, state_dict: Any = None) -> None:
+        """Write the model's weights into ``output_dir`` (by default the trainer's own ``_save``)."""
+        super()._save(output_dir, state_dict)
+
+
+class UniMETrainer(AtomicCheckpointMixin, SentenceTransformerTrainer):
+    """``SentenceTransformerTrainer`` with atomic checkpoints (:class:`AtomicCheckpointMixin`) and two
+    narrow additions for the UniME losses.
+
     - The loss's ``last_stats`` (a ``dict[str, float]`` refreshed by each forward, e.g. the stage-2
       mining statistics), averaged over the logging interval, join each log line.
-    - Training arguments are saved as JSON (``training_args.json``) beside the checkpoint, not pickled.
     - A warning, once, when the logged mining statistics show the embeddings collapsing (see
       :data:`COLLAPSE_SIMILARITY`).
-
-    Resume with ``trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))``.
+    - Resuming a LoRA run loads the adapter weights alone.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._staging_dir: str | None = None
         self._stats_sum: dict[str, float] = {}
         self._stats_count = 0
         self._collapse_warned = False
@@ -88,44 +147,6 @@ class UniMETrainer(SentenceTransformerTrainer):
                 "compare --negatives all.",
                 self.state.global_step, COLLAPSE_SIMILARITY, positive, negative)
 
-    def _get_output_dir(self, trial: Any) -> str:
-        return self._staging_dir or super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        run_dir = super()._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging = os.path.join(run_dir, _STAGING)
-        if self.is_world_process_zero():
-            shutil.rmtree(staging, ignore_errors=True)
-            os.makedirs(staging, exist_ok=True)
-        self.accelerator.wait_for_everyone()
-        self._staging_dir = staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging_dir = None
-        # Every rank writes its RNG state into the staging folder before it moves.
-        self.accelerator.wait_for_everyone()
-        if self.is_world_process_zero():
-            final = os.path.join(run_dir, name)
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)
-            shutil.rmtree(staging, ignore_errors=True)
-            from transformers.trainer_utils import rotate_checkpoints
-
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
-        self.accelerator.wait_for_everyone()
-
-    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
-        super()._save(output_dir, state_dict)
-        folder = output_dir or self.args.output_dir
-        pickled = os.path.join(folder, "training_args.bin")
-        if os.path.isfile(pickled):
-            os.remove(pickled)
-        Path(folder, "training_args.json").write_text(self.args.to_json_string())
-
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         # With an adapter only the adapter weights change: load those, not a second full model
         # (which for QLoRA could not even be loaded into the 4-bit layers by state dict).
@@ -148,8 +169,25 @@ def last_checkpoint(folder: str | Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
-def training_arguments(recipe: TrainRecipe, **extra: Any) -> SentenceTransformerTrainingArguments:
-    """The trainer arguments of this recipe (the batch split evenly over the processes)."""
+def resume_checkpoint(recipe: TrainRecipe) -> str | None:
+    """The checkpoint a run continues from: the last complete one with ``recipe.resume``, else None.
+
+    A folder holding checkpoints of an earlier run is refused without ``resume`` (a new run would
+    mix its checkpoints with the old ones); with ``resume`` and no complete checkpoint the run
+    starts from the beginning.
+    """
+    checkpoint = last_checkpoint(recipe.checkpoint_dir())
+    if checkpoint and not recipe.resume:
+        raise ValueError(f"--output-dir {recipe.output_dir} holds checkpoints of an earlier run; pass --resume to "
+                         "continue it, or choose another --output-dir")
+    if recipe.resume and checkpoint is None:
+        logger.info("resume: no complete checkpoint in %s, starting from the beginning", recipe.checkpoint_dir())
+    return checkpoint if recipe.resume else None
+
+
+def training_settings(recipe: TrainRecipe, **extra: Any) -> dict[str, Any]:
+    """The ``TrainingArguments`` keywords of this recipe, for any trainer (the batch split evenly over
+    the processes); ``extra`` adds or replaces keywords."""
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
     if recipe.batch_size % ranks:
         raise ValueError(f"batch_size {recipe.batch_size} does not split over {ranks} processes")
@@ -169,7 +207,12 @@ def training_arguments(recipe: TrainRecipe, **extra: Any) -> SentenceTransformer
         ddp_find_unused_parameters=recipe.scope == "all",
     )
     settings.update(extra)
-    return SentenceTransformerTrainingArguments(**settings)
+    return settings
+
+
+def training_arguments(recipe: TrainRecipe, **extra: Any) -> SentenceTransformerTrainingArguments:
+    """The sentence-transformers trainer arguments of this recipe (see :func:`training_settings`)."""
+    return SentenceTransformerTrainingArguments(**training_settings(recipe, **extra))
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,238 @@
+"""The captioning view of a UniME model: its LM head, the caption prompt, labelled batches, generation.
+
+A UniME model is loaded by sentence-transformers as the headless MLLM (``LlavaModel``,
+``FastVlmModel``): it has no language-model head, and the captioning loss of feature alignment
+needs one. :func:`load_captioner` loads the same folder as the family's ``*ForConditionalGeneration``
+(``AutoModelForImageTextToText``; a unime folder keeps the HF ``config.json`` and weights at its
+root) and makes the UniME model use that model's inner MLLM, so both views share one set of
+weights: training the captioner trains the embedding model that is saved. unime's saves drop the
+head, so it must be tied to the input embeddings (SmolLM2 and most small LLMs tie it); an untied
+head that is missing is an error rather than a random head.
+
+The caption turn is the model's own chat format, from the prompts saved with it: the joint prompt
+with the image token and the instruction as the user's content (ChatML:
+``<|im_start|>user\\n<image>\\nDescribe the image in one sentence.<|im_end|>\\n<|im_start|>assistant\\n``),
+then the caption and the token that ends a turn (``<|im_end|>``; the tokenizer's EOS for formats
+without one, such as LLaVA-1.5's ``USER: ... ASSISTANT:``). Only the caption and that end token
+are labelled, as in LLaVA's pretraining.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unime.config import CONTENT_SLOT
+from unime.inputs import load_image
+
+logger = logging.getLogger(__name__)
+
+# What feature alignment trains: the projector from vision features to the LLM's embedding space.
+PROJECTOR = "multi_modal_projector"
+IGNORE_INDEX = -100
+DEFAULT_PROMPT = "Describe the image in one sentence."
+
+
+@dataclass(frozen=True)
+class CaptionFormat:
+    """How a caption is put after an image: ``prompt + separator + caption + end_token``."""
+
+    prompt: str
+    separator: str
+    end_token: str
+
+    def text(self, caption: str) -> str:
+        return f"{self.prompt}{self.separator}{caption}{self.end_token}"
+
+
+def caption_format(unime_config: Any, image_token: str, tokenizer: Any, instruction: str) -> CaptionFormat:
+    """The caption turn in the chat format of the saved prompts (see the module docstring)."""
+    content = f"{image_token}\n{instruction}" if instruction else image_token
+    prompt = unime_config.joint_prompt.replace(CONTENT_SLOT, content)
+    after_content = unime_config.joint_prompt.split(CONTENT_SLOT, 1)[1]
+    # The user's turn ends with the format's end-of-turn token; the assistant's ends alike.
+    specials = sorted(set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {})),
+                      key=len, reverse=True)
+    end = next((token for token in specials if token != image_token and after_content.startswith(token)), None)
+    end = end or tokenizer.eos_token
+    if not end:
+        raise ValueError("the tokenizer has no EOS token and the chat format no end-of-turn token: the caption's "
+                         "end cannot be labelled")
+    return CaptionFormat(prompt, "" if prompt[-1:].isspace() else " ", end)
+
+
+@dataclass
+class Captioner:
+    """A UniME model (prompts, processor, backbone) and its ``*ForConditionalGeneration`` (``model``),
+    sharing every weight but the LM head's tie."""
+
+    embedder: Any
+    model: Any
+
+    @property
+    def processor(self) -> Any:
+        return self.embedder[0].processor
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.embedder[0].tokenizer
+
+    @property
+    def backbone(self) -> Any:
+        return self.embedder[0].backbone
+
+    def caption_format(self, instruction: str = DEFAULT_PROMPT) -> CaptionFormat:
+        return caption_format(self.embedder.unime_config, self.backbone.image_token, self.tokenizer, instruction)
+
+    def projector(self) -> torch.nn.Module:
+        """The projector module (the one that alignment trains)."""
+        if PROJECTOR not in self.backbone.vision_modules:
+            raise ValueError(f"the {self.backbone.family} family has no {PROJECTOR}; feature alignment trains "
+                             "the projector of LLaVA-style models (llava, llava_next, llava_onevision, fast_vlm)")
+        return self.model.model.get_submodule(PROJECTOR)
+
+    def freeze_all_but_projector(self) -> torch.nn.Module:
+        """Freeze the vision tower and the LLM (and the tied head); return the projector, trainable."""
+        self.model.requires_grad_(False)
+        projector = self.projector()
+        projector.requires_grad_(True)
+        trainable = sum(p.numel() for p in projector.parameters())
+        logger.info("align: the %s learns (%d of %d parameters)", PROJECTOR, trainable,
+                    sum(p.numel() for p in self.model.parameters()))
+        return projector
+
+
+def load_captioner(model: str | Path, *, trust_remote_code: bool = False) -> Captioner:
+    """Load a UniME model folder (or base MLLM folder / hub id) with its LM head; see the module docstring."""
+    from transformers import AutoModelForImageTextToText
+
+    from unime.modeling import load_model
+    from unime.training.adapters import has_adapter
+
+    embedder = load_model(str(model), trust_remote_code=trust_remote_code)
+    if has_adapter(embedder):
+        raise ValueError(f"{model}: holds an unmerged LoRA adapter; align starts from full weights (save the "
+                         "earlier stage with merge: true)")
+    headless = embedder[0].model
+    dtype, base_class = next(headless.parameters()).dtype, type(headless)
+    # One copy of the weights in memory: the embedder's goes before the captioner's loads.
+    embedder[0].model = None
+    del headless
+    gc.collect()
+    captioner, info = AutoModelForImageTextToText.from_pretrained(
+        str(model), dtype=dtype, output_loading_info=True, trust_remote_code=trust_remote_code)
+    missing = sorted(info.get("missing_keys", ()))
+    if any("lm_head" in key for key in missing):
+        raise ValueError(f"{model}: has no language-model head and its head is not tied to the input embeddings "
+                         "(unime's saves drop the head); align needs the captioning head: start from the base "
+                         "MLLM folder that still has it")
+    if missing:
+        raise ValueError(f"{model}: weights missing for the captioning model: {', '.join(missing[:5])}")
+    if type(captioner.model) is not base_class:
+        raise ValueError(f"{model}: the captioning model wraps a {type(captioner.model).__name__}, the embedding "
+                         f"model is a {base_class.__name__}; they cannot share weights")
+    embedder[0].model = captioner.model
+    return Captioner(embedder, captioner)
+
+
+@dataclass
+class CaptionCollator:
+    """Rows (:class:`~unime.training.caption_data.CaptionRow`) -> a labelled batch for the captioning
+    loss: the prompt with the image through the processor, then the caption and end token, right
+    padded; ``labels`` are ``IGNORE_INDEX`` everywhere but the caption and end token.
+
+    Images are decoded here; an unreadable one stops the run naming its row, or with
+    ``skip_bad_rows`` is left out and counted in ``skipped``.
+    """
+
+    processor: Any
+    fmt: CaptionFormat
+    max_caption_tokens: int = 64
+    image_size: int | None = None
+    skip_bad_rows: bool = False
+    skipped: int = 0
+
+    def __call__(self, rows: Sequence[Any]) -> dict[str, torch.Tensor]:
+        images, captions = [], []
+        for row in rows:
+            try:
+                images.append(load_image(row.image, row.where, self.image_size))
+            except (FileNotFoundError, ValueError) as error:
+                if not self.skip_bad_rows:
+                    raise ValueError(str(error)) from None
+                self.skipped += 1
+                logger.warning("skipping %s", error)
+                continue
+            captions.append(row.caption)
+        if not images:
+            raise ValueError(f"no readable image in the batch of {rows[0].where} ... {rows[-1].where}")
+        return self.batch(images, captions)
+
+    def batch(self, images: Sequence[Any], captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The labelled batch of decoded images and their captions."""
+        tokenizer = self.processor.tokenizer
+        features = dict(self.processor(text=[self.fmt.prompt] * len(images), images=list(images),
+                                       return_tensors="pt", padding=True))
+        ids, mask = features.pop("input_ids"), features.pop("attention_mask").bool()
+        # Per-token extras (e.g. mm_token_type_ids) follow the tokens; captions are text (0).
+        per_token = {k: features.pop(k) for k in list(features)
+                     if torch.is_tensor(features[k]) and features[k].shape[:2] == ids.shape}
+        end_id = tokenizer.convert_tokens_to_ids(self.fmt.end_token)
+        caption_ids = tokenizer([self.fmt.separator + c for c in captions], add_special_tokens=False)["input_ids"]
+        tails = [list(c[: self.max_caption_tokens]) + [end_id] for c in caption_ids]
+        prompts = [ids[i][mask[i]] for i in range(len(images))]
+        length = max(len(p) + len(t) for p, t in zip(prompts, tails, strict=True))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
+        batch = {"input_ids": torch.full((len(images), length), pad_id, dtype=ids.dtype),
+                 "attention_mask": torch.zeros(len(images), length, dtype=torch.long),
+                 "labels": torch.full((len(images), length), IGNORE_INDEX, dtype=ids.dtype)}
+        batch.update({k: torch.zeros(len(images), length, dtype=v.dtype) for k, v in per_token.items()})
+        for i, (prompt, tail) in enumerate(zip(prompts, tails, strict=True)):
+            start, stop = len(prompt), len(prompt) + len(tail)
+            tail_ids = torch.tensor(tail, dtype=ids.dtype)
+            batch["input_ids"][i, :start], batch["input_ids"][i, start:stop] = prompt, tail_ids
+            batch["labels"][i, start:stop] = tail_ids
+            batch["attention_mask"][i, :stop] = 1
+            for key, value in per_token.items():
+                batch[key][i, :start] = value[i][mask[i]]
+        return {**batch, **features}
+
+
+@torch.inference_mode()
+def generate_captions(
+    model: str | Path | Captioner,
+    images: Sequence[Any],
+    prompt: str = DEFAULT_PROMPT,
+    *,
+    max_new_tokens: int = 30,
+    image_size: int | None = None,
+    batch_size: int = 8,
+) -> list[str]:
+    """Greedy captions of ``images`` (paths or PIL images) by a model folder or a loaded :class:`Captioner`:
+    the prompt a model is aligned with, to see what the projector tells the LLM before and after."""
+    captioner = model if isinstance(model, Captioner) else load_captioner(model)
+    fmt, tokenizer = captioner.caption_format(prompt), captioner.tokenizer
+    stop_ids = sorted({tokenizer.convert_tokens_to_ids(fmt.end_token), tokenizer.eos_token_id} - {None})
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues every row's end
+    captioner.model.eval()
+    captions: list[str] = []
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = [load_image(image, f"image {start + i}", image_size)
+                     for i, image in enumerate(images[start : start + batch_size])]
+            features = captioner.processor(text=[fmt.prompt] * len(chunk), images=chunk, return_tensors="pt", padding=True)
+            features = {k: v.to(captioner.model.device) if torch.is_tensor(v) else v for k, v in features.items()}
+            output = captioner.model.generate(**features, max_new_tokens=max_new_tokens, do_sample=False,
+                                              eos_token_id=stop_ids, pad_token_id=pad_id)
+            new = output[:, features["input_ids"].shape[1]:]
+            captions.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+    return captions
