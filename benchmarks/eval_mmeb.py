@@ -50,7 +50,9 @@ class Recorder:
         return out
 
 
-def write_dataset(root: Path, queries: int, labels: int) -> tuple[Path, Path]:
+def write_dataset(root: Path, queries: int, labels: int, image_size: int = 16) -> tuple[Path, Path]:
+    """The set in the MMEB-eval layout; each query image is 16 x 16 noise, enlarged (smoothly, so the
+    PNG stays small) to ``image_size`` when that is larger."""
     image_dir, folder = root / "images", root / "data" / "Bench"
     (image_dir / "Bench").mkdir(parents=True)
     folder.mkdir(parents=True)
@@ -59,7 +61,10 @@ def write_dataset(root: Path, queries: int, labels: int) -> tuple[Path, Path]:
     rows = []
     for i in range(queries):
         relative = f"Bench/{i}.png"
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(image_dir / relative)
+        image = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+        if image_size != 16:
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        image.save(image_dir / relative)
         positive = i % labels
         order = [names[positive], *names[:positive], *names[positive + 1 :]]
         rows.append(

@@ -29,15 +29,50 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MiB
 
 
+def stage2_features(model, batch: int, image_size: int, seed: int = 0) -> list[dict]:
+    """``batch`` (image query, text positive) rows, preprocessed: the two columns of a stage-2 batch."""
+    import numpy as np
+    from PIL import Image
+
+    from unime.inputs import EmbedInput
+
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)) for _ in range(64)]
+    queries = [EmbedInput(text=f"<|image_1|>\nRepresent the given image with the following question: "
+                               f"what is object {i} doing?", image=images[i % 64]) for i in range(batch)]
+    positives = [EmbedInput(text=f"object {i} is resting on the table") for i in range(batch)]
+    return [model.preprocess(queries), model.preprocess(positives)]
+
+
+def make_step(model, loss_fn, features: list[dict], labels=None, autocast=None):
+    """One optimiser step of ``loss_fn`` on prebuilt ``features`` (AdamW on the trainable parameters),
+    under ``autocast`` (a dtype, e.g. bf16 as the recipes' ``bf16: true``) when given."""
+    import contextlib
+
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    device_type = next(model.parameters()).device.type
+
+    def step() -> None:
+        context = torch.autocast(device_type, dtype=autocast) if autocast else contextlib.nullcontext()
+        # backward inside autocast too: GradCache re-embeds every mini-batch during the backward pass,
+        # which must run in the precision of the first, gradient-free pass.
+        with context:
+            loss = loss_fn([dict(f) for f in features], labels)
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def worker(model_dir: str, batch: int, mini_batch: int, steps: int, image_size: int) -> dict[str, float]:
     """Load the model, build one batch of ``batch`` (image query, text positive) rows, run
     1 warm-up + ``steps`` optimiser steps; report peak memory and the fastest step's time (the
     least disturbed by other work on shared cores)."""
-    import numpy as np
     import torch
-    from PIL import Image
 
-    from unime.inputs import EmbedInput
     from unime.losses import HardNegativeInfoNCELoss
     from unime.modeling import build_model
     from unime.training.adapters import apply_tuning
@@ -48,21 +83,8 @@ def worker(model_dir: str, batch: int, mini_batch: int, steps: int, image_size: 
     model[0].unime_config.image_size = image_size
     apply_tuning(model, "lora", "all", lora_r=8, lora_alpha=16, lora_dropout=0.1, target_regex="all-linear")
     model.train()
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)) for _ in range(64)]
-    queries = [EmbedInput(text=f"<|image_1|>\nRepresent the given image with the following question: "
-                               f"what is object {i} doing?", image=images[i % 64]) for i in range(batch)]
-    positives = [EmbedInput(text=f"object {i} is resting on the table") for i in range(batch)]
-    features = [model.preprocess(queries), model.preprocess(positives)]
-    loss_fn = HardNegativeInfoNCELoss(model, mini_batch_size=mini_batch or None)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-    def step() -> None:
-        loss = loss_fn([dict(f) for f in features], None)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    features = stage2_features(model, batch, image_size)
+    step = make_step(model, HardNegativeInfoNCELoss(model, mini_batch_size=mini_batch or None), features)
     before = _peak_mib()
     step()  # warm-up (allocator, AdamW state)
     times = []
