@@ -7,6 +7,7 @@ import json
 import pytest
 from eval_fixtures import (
     ConceptModel,
+    ConstantModel,
     RandomModel,
     karpathy_images,
     write_karpathy,
@@ -54,6 +55,32 @@ def test_mmeb_command_writes_json_markdown_and_resumes(run_cli, tmp_path, capsys
     # Everything is cached: a model that would fail if called is never called.
     assert run_cli(argv, object()) == 0
     assert "| 100.0 |" in capsys.readouterr().out
+
+
+def test_mmeb_command_records_its_protocol_and_saves_scores(run_cli, tmp_path, capsys):
+    import numpy as np
+
+    data_dir, image_dir = write_mmeb_suite(tmp_path)
+    base = ["eval", "mmeb", "--model", "constant", "--data-dir", str(data_dir), "--image-dir", str(image_dir),
+            "--no-progress"]
+    # Default: VLM2Vec's protocol, whose argmax counts the constant model's ties with the positive as hits.
+    argv = [*base, "--output", str(tmp_path / "v" / "mmeb.json"), "--save-scores", str(tmp_path / "scores")]
+    assert run_cli(argv, ConstantModel()) == 0
+    result = json.loads((tmp_path / "v" / "mmeb.json").read_text())
+    assert result["config"]["protocol"] == {"name": "vlm2vec", "ties": "argmax", "image_resolution": "high",
+                                            "max_length": None}
+    assert result["metrics"]["mmeb/overall/precision@1"] == 100.0
+    assert "Protocol: vlm2vec (ties argmax, image_resolution high)" in (tmp_path / "v" / "mmeb.md").read_text()
+    scores = np.load(tmp_path / "scores" / "ImageNet-1K.npy")
+    assert scores.dtype == np.float32 and scores.shape == (12, 5) and np.allclose(scores, 1.0)
+    # The unime protocol scores ties strictly; its options are checked before any work.
+    argv = [*base, "--output", str(tmp_path / "u" / "mmeb.json"), "--protocol", "unime"]
+    assert run_cli(argv, ConstantModel()) == 0
+    result = json.loads((tmp_path / "u" / "mmeb.json").read_text())
+    assert result["config"]["protocol"] == {"name": "unime", "ties": "strict"}
+    assert result["metrics"]["mmeb/overall/precision@1"] == 0.0
+    assert run_cli([*argv, "--max-length", "64"], object()) == 2
+    assert "belong to --protocol vlm2vec" in capsys.readouterr().err
 
 
 def test_mmeb_command_reports_a_missing_image(run_cli, tmp_path, capsys):

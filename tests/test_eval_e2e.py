@@ -32,7 +32,12 @@ def test_eval_commands_on_a_tiny_model(tiny_model_factory, tmp_path, monkeypatch
         "--no-progress",
     ]
     assert _main(monkeypatch, argv) == 0
-    first = json.loads((tmp_path / "mmeb.json").read_text())["metrics"]
+    result = json.loads((tmp_path / "mmeb.json").read_text())
+    first = result["metrics"]
+    # The default protocol is VLM2Vec's, resolved for the backbone and recorded with the result.
+    protocol = result["config"]["protocol"]
+    assert (protocol["name"], protocol["family"], protocol["mode"]) == ("vlm2vec", "qwen2_vl", "joint")
+    assert protocol["input_format"]["style"] == "raw" and protocol["input_format"]["image_resize"] == "1344x1344"
     assert set(first) >= {
         "mmeb/ImageNet-1K/precision@1",
         "mmeb/MSCOCO_t2i/precision@1",

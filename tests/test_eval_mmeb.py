@@ -20,10 +20,13 @@ from eval_fixtures import (
 from unime.evaluation.common import input_key
 from unime.evaluation.mmeb import (
     MMEBDataset,
+    MMEBProtocol,
+    candidate_scores,
     evaluate_mmeb,
     load_mmeb,
     load_mmeb_dataset,
     precision_at_1,
+    precision_from_scores,
     score_mmeb_dataset,
     summarize_mmeb,
 )
@@ -52,6 +55,48 @@ def test_precision_at_1_hand_computed_with_a_tie_counted_as_miss():
     dataset = MMEBDataset.from_rows("Hand", ["q0", "q1", "q2"], [["a", "b"], ["c", "b"], ["d", "e"]])
     assert dataset.pool == ["a", "b", "c", "d", "e"]
     assert score_mmeb_dataset(model, dataset) == pytest.approx(100 / 3)
+
+
+def test_tie_rules_on_constructed_ties():
+    # Column 0 is the positive. argmax is np.argmax (the first maximum): a tie WITH the positive is a
+    # hit; strict needs the positive above every other candidate.
+    scores = np.array(
+        [
+            [0.7, 0.7, 0.1],  # positive tied with a negative at the top: argmax hit, strict miss
+            [0.5, 0.5, 0.5],  # everything tied (a constant model): argmax hit, strict miss
+            [0.4, 0.6, 0.6],  # two negatives tied above the positive: miss for both
+            [0.3, 0.9, 0.3],  # a negative wins outright: miss for both
+            [0.8, 0.2, 0.79],  # the positive wins outright: hit for both
+        ],
+        dtype=np.float32,
+    )
+    assert precision_from_scores(scores, "argmax") == pytest.approx(60.0)
+    assert precision_from_scores(scores, "strict") == pytest.approx(20.0)
+    # Shorter candidate lists are NaN-padded and the padding never counts.
+    ragged = np.array([[0.2, np.nan, np.nan], [0.1, 0.3, np.nan]], dtype=np.float32)
+    assert precision_from_scores(ragged, "argmax") == precision_from_scores(ragged, "strict") == 50.0
+    assert MMEBProtocol("vlm2vec").tie_rule == "argmax" and MMEBProtocol("unime").tie_rule == "strict"
+    assert MMEBProtocol("unime", ties="argmax").tie_rule == "argmax"
+
+
+def test_the_protocol_chooses_the_tie_rule_and_a_constant_model_shows_it(suite):
+    datasets = load_mmeb(*suite)
+    assert set(evaluate_mmeb(ConstantModel(), datasets, protocol=MMEBProtocol("vlm2vec")).values()) == {100.0}
+    assert set(evaluate_mmeb(ConstantModel(), datasets, protocol=MMEBProtocol("unime")).values()) == {0.0}
+
+
+def test_scores_are_cosines_of_embeddings_normalised_again_in_float32():
+    # bf16-normalised rows have norms 0.997 to 1.003: the raw dot product would prefer the longer
+    # negative (0.997 * 0.999 < 1.003 * 0.998), the cosine prefers the positive.
+    a, b = np.arccos(0.999), np.arccos(0.998)
+    queries = np.array([[1.0, 0.0]], dtype=np.float32)
+    pool = np.array([[0.997 * np.cos(a), 0.997 * np.sin(a)], [1.003 * np.cos(b), 1.003 * np.sin(b)]],
+                    dtype=np.float32)
+    targets = [np.array([0, 1])]
+    assert (pool @ queries[0])[0] < (pool @ queries[0])[1]
+    np.testing.assert_allclose(candidate_scores(queries, pool, targets), [[0.999, 0.998]], atol=1e-6)
+    assert precision_at_1(queries, pool, targets, "strict") == 100.0
+    assert candidate_scores(queries, pool, targets).dtype == np.float32
 
 
 def test_single_candidate_is_a_hit():

@@ -71,6 +71,18 @@ def test_karpathy_test_split_with_several_captions_per_image(tmp_path):
         load_retrieval(path, tmp_path / "images", split="val")
 
 
+def test_karpathy_keeps_the_first_five_captions_of_each_image_as_the_official_scripts(tmp_path):
+    # Some COCO test images have 6 or 7 captions; the official evaluation cuts every image to 5.
+    entries = karpathy_images(tmp_path / "images", 2, per_image=7)
+    path = write_karpathy(tmp_path / "dataset_coco.json", entries)
+    dataset = load_retrieval(path, tmp_path / "images")
+    assert dataset.caption_image.tolist() == [0] * 5 + [1] * 5
+    assert dataset.captions[:5] == [f"caption number {k} shows a thing0" for k in range(5)]
+    assert len(load_retrieval(path, tmp_path / "images", captions_per_image=None).captions) == 14
+    with pytest.raises(ValueError, match="captions_per_image"):
+        load_retrieval(path, tmp_path / "images", captions_per_image=0)
+
+
 def test_karpathy_missing_image_is_named(tmp_path):
     entries = karpathy_images(tmp_path / "images", 2)
     entries[1]["filename"] = "gone.jpg"

@@ -105,3 +105,46 @@ def test_model_identity_is_one_folder_however_typed_and_changes_when_retrained(t
     os.utime(folder / "model.safetensors", ns=(1, 1))
     assert model_identity("model") != first
     assert model_identity("org/hub-model") == "org/hub-model"
+
+
+def test_saved_scores_are_each_querys_cosines_in_data_order(suite, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from unime.evaluation.common import make_input
+    from unime.evaluation.mmeb import MMEBProtocol
+
+    data_dir, image_dir = suite
+    protocol = MMEBProtocol("vlm2vec")
+    metrics = run_mmeb(RandomModel(), data_dir, image_dir, tmp_path / "c", model_id="m", protocol=protocol,
+                       save_scores=tmp_path / "scores")
+    assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == ["Custom.npy", "ImageNet-1K.npy", "MSCOCO_t2i.npy"]
+    reference = RandomModel()
+    for name in ("ImageNet-1K", "MSCOCO_t2i"):
+        saved = np.load(tmp_path / "scores" / f"{name}.npy")
+        rows = pd.concat([pd.read_parquet(f) for f in sorted((data_dir / name).glob("*.parquet"))]).to_dict("records")
+        assert saved.dtype == np.float32 and saved.shape == (len(rows), len(rows[0]["tgt_text"]))
+        for i, row in enumerate(rows):  # written from the parquet rows, not from the reader's pool
+            image = str((image_dir / row["qry_img_path"]).resolve()) if row["qry_img_path"] else None
+            query = reference.encode([make_input(row["qry_text"], image)])[0]
+            candidates = reference.encode([
+                make_input(text, str((image_dir / path).resolve()) if path else None)
+                for text, path in zip(row["tgt_text"], row["tgt_img_path"], strict=True)])
+            np.testing.assert_allclose(saved[i], candidates @ query, atol=1e-6)
+        hits = (np.argmax(saved, axis=1) == 0).mean() * 100
+        assert metrics[f"mmeb/{name}/precision@1"] == pytest.approx(hits)
+    # A second run with stored scores rewrites the files from the cached embeddings alone.
+    (tmp_path / "scores" / "Custom.npy").unlink()
+    counting = CountingModel(RandomModel())
+    again = run_mmeb(counting, data_dir, image_dir, tmp_path / "c", model_id="m", protocol=protocol,
+                     save_scores=tmp_path / "scores")
+    assert again == metrics and counting.total == 0 and (tmp_path / "scores" / "Custom.npy").is_file()
+    # Another tie rule rescores the cached embeddings; another protocol never reuses them.
+    strict = run_mmeb(counting, data_dir, image_dir, tmp_path / "c", model_id="m",
+                      protocol=MMEBProtocol("vlm2vec", ties="strict"))
+    assert counting.total == 0 and strict.keys() == metrics.keys()
+    with pytest.raises(ValueError, match="cached embeddings belong to model"):
+        run_mmeb(RandomModel(), data_dir, image_dir, tmp_path / "c", model_id="m", protocol=MMEBProtocol("unime"))
+    other = CountingModel(RandomModel())
+    run_mmeb(other, data_dir, image_dir, tmp_path / "u", model_id="m", protocol=MMEBProtocol("unime"))
+    assert other.total == _distinct_per_dataset(data_dir, image_dir)

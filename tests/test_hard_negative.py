@@ -366,3 +366,49 @@ def test_cached_loss_with_content_ids_matches_the_plain_loss():
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-12)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-12)
     assert torch.equal(results[0][2], results[1][2]) and results[0][2].any()
+
+
+def _official_loss(query: torch.Tensor, positive: torch.Tensor, tau: float = 0.02, k: int = 8,
+                   beta: float = 0.1) -> torch.Tensor:
+    """The official stage-2 example ``loss.py`` as method.md states it: cosine matrix of the in-batch
+    (query, positive) pairs, candidates above positive + beta masked to -inf, the positive itself
+    masked, ``topk`` k of what is left, cross-entropy over [positive, k hard negatives] / tau."""
+    scores = F.normalize(query, dim=-1) @ F.normalize(positive, dim=-1).T
+    positives = scores.diagonal()
+    masked = scores.masked_fill(scores > positives[:, None] + beta, float("-inf"))
+    masked = masked.masked_fill(torch.eye(len(scores), dtype=torch.bool), float("-inf"))
+    hard = masked.topk(k, dim=1).values
+    logits = torch.cat([positives[:, None], hard], dim=1) / tau
+    return F.cross_entropy(logits, torch.zeros(len(scores), dtype=torch.long))
+
+
+@pytest.mark.parametrize(("rows", "k", "beta"), [(24, 8, 0.1), (12, 3, 0.05)])
+def test_equals_the_official_loss_when_every_row_keeps_k_survivors(rows, k, beta):
+    # Where the official topk never reaches a masked entry (>= k survivors per row), the two agree
+    # exactly, value and gradient; explicit negatives and content ids (ours) are left out here.
+    generator = torch.Generator().manual_seed(21)
+    query = torch.randn(rows, 16, generator=generator, dtype=torch.float64)
+    positive = (query + 1.2 * torch.randn(rows, 16, generator=generator, dtype=torch.float64)).requires_grad_()
+    query.requires_grad_()
+    scores = (F.normalize(query) @ F.normalize(positive).T).detach()
+    survivors = (~(scores > scores.diagonal()[:, None] + beta)).sum(dim=1) - 1
+    dropped = (scores > scores.diagonal()[:, None] + beta).sum()
+    assert bool((survivors >= k).all()) and dropped > 0  # the filter is exercised, topk never starves
+    official = _official_loss(query, positive, 0.02, k, beta)
+    ours = hard_negative_infonce(query, positive, 0.02, k, beta)
+    assert ours.item() == pytest.approx(official.item(), abs=1e-12)
+    grads = [torch.autograd.grad(loss, (query, positive)) for loss in (official, ours)]
+    for official_grad, our_grad in zip(*grads, strict=True):
+        torch.testing.assert_close(our_grad, official_grad, rtol=0, atol=1e-12)
+    # The sentence-transformers loss class, with its defaults (exclude_duplicates, no ids), too.
+    identity = _Identity()
+    features = [{"x": query.detach()}, {"x": positive.detach()}]
+    loss_class = HardNegativeInfoNCELoss(identity, temperature=0.02, num_hard_negatives=k, false_negative_margin=beta)
+    assert loss_class(features).item() == pytest.approx(official.item(), abs=1e-12)
+
+
+class _Identity(nn.Module):
+    """Features {"x": embeddings} -> the same embeddings."""
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"sentence_embedding": features["x"]}

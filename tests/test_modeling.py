@@ -33,6 +33,31 @@ def test_official_prompt_strings_are_rendered_exactly(family):
     assert config.padding_side == "left"
 
 
+# The official bodies as typed chat content: the image as an image item, the text after it.
+ONEVISION_TURNS = {
+    "text_prompt": [{"type": "text", "text": "<sent>\nSummary above sentence in one word:"}],
+    "image_prompt": [{"type": "image"}, {"type": "text", "text": "Summary above image in one word:"}],
+}
+
+
+def test_llava_onevision_prompts_are_the_processor_chat_template_string_for_string(tiny_model_factory):
+    model = unime.load(str(tiny_model_factory("llava_onevision")))
+    processor = model[0].processor
+    assert processor.chat_template  # the tiny model carries a template in the released layout
+    for key, content in ONEVISION_TURNS.items():
+        expected = processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        assert getattr(model.unime_config, key) == expected
+    assert model.unime_config.image_prompt == (
+        "<|im_start|>user <image>\nSummary above image in one word:<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # A processor saved without a template: the hand-written rendition gives the same strings.
+    fallback = get_backbone("llava_onevision").default_config(None)
+    for key in ("text_prompt", "image_prompt", "joint_prompt"):
+        assert getattr(fallback, key) == getattr(model.unime_config, key)
+
+
 def test_every_required_family_has_an_adapter():
     assert {"qwen2_vl", "qwen2_5_vl", "llava_next", "llava_onevision", "llava", "phi3_v"} <= set(families())
 

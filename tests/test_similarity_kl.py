@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from unime.losses import SimilarityKLLoss, similarity_kl
+from unime.losses import LITERAL_FORM, SimilarityKLLoss, similarity_kl
 
 SIGMA_1 = 1 / (1 + math.exp(-1))  # softmax([1, 0])[0]
 
@@ -44,8 +44,9 @@ def test_two_rows_by_hand_both_directions():
     p, q = SIGMA_1, 1 - SIGMA_1
     kl_st = p * math.log(p / 0.5) + q * math.log(q / 0.5)  # 0.1109441
     kl_ts = 0.5 * math.log(0.5 / p) + 0.5 * math.log(0.5 / q)  # 0.1201145
-    assert similarity_kl(student, teacher, 1.0).item() == pytest.approx(kl_st, abs=1e-12)
-    assert similarity_kl(student, teacher, 1.0, "teacher_student").item() == pytest.approx(kl_ts, abs=1e-12)
+    assert similarity_kl(student, teacher, 1.0, **LITERAL_FORM).item() == pytest.approx(kl_st, abs=1e-12)
+    ts = similarity_kl(student, teacher, 1.0, "teacher_student", exclude_diagonal=False)
+    assert ts.item() == pytest.approx(kl_ts, abs=1e-12)
     assert kl_st == pytest.approx(0.1109441, abs=1e-7) and kl_ts == pytest.approx(0.1201145, abs=1e-7)
 
 
@@ -57,7 +58,7 @@ def test_three_rows_by_hand_with_the_diagonal_excluded():
     p, q = SIGMA_1, 1 - SIGMA_1
     row = p * math.log(p / 0.5) + q * math.log(q / 0.5)
     expected = (row + 0.0 + row) / 3
-    loss = similarity_kl(student, teacher, 1.0, exclude_diagonal=True)
+    loss = similarity_kl(student, teacher, 1.0, "student_teacher", exclude_diagonal=True)
     assert loss.item() == pytest.approx(expected, abs=1e-12)
 
 
@@ -101,10 +102,48 @@ def test_with_the_diagonal_the_teacher_softmax_is_nearly_the_identity():
     teacher = torch.randn(16, 32, generator=generator, dtype=torch.float64)
     student = -teacher + 0.1 * torch.randn(16, 32, generator=generator, dtype=torch.float64)
     student = torch.cat([student[:, :16], -student[:, 16:]], dim=1)
-    literal = similarity_kl(student, teacher, 0.05, "teacher_student")
+    literal = similarity_kl(student, teacher, 0.05, "teacher_student", exclude_diagonal=False)
     masked = similarity_kl(student, teacher, 0.05, "teacher_student", exclude_diagonal=True)
     assert literal.item() < 1e-3
     assert masked.item() > 100 * literal.item()
+
+
+def test_function_and_loss_class_share_one_default_the_measured_form():
+    # One default everywhere: KL(P_t || P_s), tau 0.05, self-similarity excluded (docs/losses.md).
+    import inspect
+
+    function = inspect.signature(similarity_kl).parameters
+    loss_class = inspect.signature(SimilarityKLLoss).parameters
+    for name in ("temperature", "direction"):
+        assert function[name].default == loss_class[name].default
+    assert (function["temperature"].default, function["direction"].default) == (0.05, "teacher_student")
+    generator = torch.Generator().manual_seed(4)
+    student = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(6, 9, generator=generator, dtype=torch.float64)
+    measured = _reference_kl(student, teacher, 0.05, "teacher_student", exclude_diagonal=True)
+    assert similarity_kl(student, teacher).item() == pytest.approx(measured, abs=1e-12)
+    model = _LinearEncoder()
+    features = _features(6, 5)
+    embeddings = model(features)["sentence_embedding"]
+    assert SimilarityKLLoss(model)([features], teacher).item() == pytest.approx(
+        similarity_kl(embeddings, teacher).item(), abs=1e-12
+    )
+    # The paper's printed form is a named option, for the function and the class alike.
+    literal = _reference_kl(student, teacher, 0.05, "student_teacher", exclude_diagonal=False)
+    assert similarity_kl(student, teacher, **LITERAL_FORM).item() == pytest.approx(literal, abs=1e-12)
+    assert SimilarityKLLoss(model, **LITERAL_FORM)([features], teacher).item() == pytest.approx(
+        similarity_kl(embeddings, teacher, **LITERAL_FORM).item(), abs=1e-12
+    )
+
+
+def test_default_keeps_the_diagonal_of_the_candidate_form():
+    # With candidates the diagonal is each row's own pair: the default keeps it (True is an error).
+    generator = torch.Generator().manual_seed(5)
+    student, teacher = torch.randn(4, 5, generator=generator), torch.randn(4, 7, generator=generator)
+    s_cands, t_cands = torch.randn(4, 5, generator=generator), torch.randn(4, 7, generator=generator)
+    loss = similarity_kl(student, teacher, student_candidates=s_cands, teacher_candidates=t_cands)
+    expected = _reference_kl(student, teacher, 0.05, "teacher_student", s_cands, t_cands)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_gradient_matches_finite_differences():

@@ -40,8 +40,10 @@ class UniMEConfig:
         pooling: ``"lasttoken"``: the last hidden state at the last real position.
         normalize: L2-normalise embeddings (similarity = dot product).
         padding_side: ``"left"`` as the official evaluation scripts.
-        image_size: optional square resize (pixels) applied before the processor, e.g. 336 as in
-            the paper's training; None keeps the processor's own resizing.
+        image_size: the square size (pixels) training resized images to, e.g. 336 as in the
+            paper's stage 2; recorded for reproduction and NOT applied at inference, where images
+            go to the processor as they are (a released checkpoint embeds with its processor's own
+            resizing) unless an input format asks for a resize (:mod:`unime.formats`).
         stages: training stages applied so far, e.g. ``["distill", "tune"]``.
         unime_version: version that wrote the file.
         extra: unknown keys read from a newer file, kept and written back unchanged.

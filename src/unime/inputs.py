@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,14 @@ def to_input(item: Any, where: str = "input") -> EmbedInput:
     raise ValueError(f"{where}: cannot embed an object of type {type(item).__name__}")
 
 
-def load_image(image: ImageLike, where: str = "input", size: int | None = None) -> Image.Image:
+def load_image(
+    image: ImageLike, where: str = "input", size: int | None = None, resize: Callable[[Image.Image], Image.Image] | None = None
+) -> Image.Image:
     """Open an image as RGB, with an error that names the item and the file when it fails.
 
-    ``size`` resizes to a square of that many pixels (the paper trains at 336 x 336).
+    ``resize`` is applied to the image as opened, before the RGB conversion (a protocol's resize,
+    :class:`unime.formats.ImageResize`, as VLM2Vec applies it); ``size`` resizes the RGB image to
+    a square of that many pixels (bicubic), for callers that train at a fixed size.
     """
     if isinstance(image, Image.Image):
         result = image
@@ -90,6 +95,8 @@ def load_image(image: ImageLike, where: str = "input", size: int | None = None) 
                 result = opened.copy()
         except (UnidentifiedImageError, OSError) as error:
             raise ValueError(f"{where}: cannot read image {path}: {error}") from None
+    if resize is not None:
+        result = resize(result)
     if result.mode != "RGB":
         result = result.convert("RGB")
     if size is not None and result.size != (size, size):

@@ -12,8 +12,9 @@ import importlib
 import json
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from transformers import ProcessorMixin
 
 from unime.backbones import Backbone, get_backbone
 from unime.config import CONTENT_SLOT, MMEB_IMAGE_PLACEHOLDER, TEXT_SLOT, UniMEConfig
+from unime.formats import PROMPTED, InputFormat
 from unime.inputs import EmbedInput, load_image, to_input
+from unime.processors import image_processor_settings, pad_samples
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,9 @@ class UniMETransformer(Transformer):
         self.unime_config = (
             UniMEConfig.from_dict(unime) if unime else backbone.default_config(self.processor)
         )
+        # How inputs are rendered (the UniME prompts by default); set by benchmarks and training,
+        # never saved: a loaded model embeds with its prompts and its processor's own image size.
+        self.input_format: InputFormat = PROMPTED
         self.tokenizer.padding_side = self.unime_config.padding_side
 
     def train(self, mode: bool = True) -> UniMETransformer:
@@ -144,11 +150,19 @@ class UniMETransformer(Transformer):
     def modalities(self) -> list[Any]:
         return list(self.modality_config)
 
+    def set_input_format(self, input_format: InputFormat | None) -> None:
+        """Use ``input_format`` (None: :data:`~unime.formats.PROMPTED`) from now on; never saved."""
+        self.input_format = input_format or PROMPTED
+        self.tokenizer.padding_side = self.input_format.padding_side or self.unime_config.padding_side
+
     def render(self, item: EmbedInput, where: str = "input") -> tuple[str, list[Any]]:
-        """The prompt and the images of one input, in the backbone's UniME format."""
+        """The prompt and the images of one input, in the current input format (the backbone's
+        UniME prompts unless a raw format is set)."""
         config, token = self.unime_config, self.backbone.image_token
+        if self.input_format.style == "raw":
+            return self._render_raw(item, where)
         text = item.text.replace(MMEB_IMAGE_PLACEHOLDER, token) if item.text is not None else None
-        images = [load_image(item.image, where, config.image_size)] if item.has_image else []
+        images = self._images(item, where)
         placeholders = text.count(token) if text else 0
         if placeholders > len(images):
             raise ValueError(f"{where}: the text refers to an image ({token!r}) but no image was given")
@@ -170,6 +184,52 @@ class UniMETransformer(Transformer):
             parts.append(text)
         return config.joint_prompt.replace(CONTENT_SLOT, "\n".join(parts)), images
 
+    def _images(self, item: EmbedInput, where: str) -> list[Any]:
+        # The saved unime_config.image_size is the training size, not applied here: inference
+        # resizes only when the input format asks (docs/evaluation.md, "Image size").
+        return [load_image(item.image, where, resize=self.input_format.image_resize)] if item.has_image else []
+
+    def _render_raw(self, item: EmbedInput, where: str) -> tuple[str, list[Any]]:
+        """VLM2Vec's input: the text as it is, ``<|image_1|>`` replaced by the bare image token."""
+        token = self.backbone.raw_image_token
+        text = item.text.replace(MMEB_IMAGE_PLACEHOLDER, token) if item.text else None
+        images = self._images(item, where)
+        placeholders = text.count(token) if text else 0
+        if placeholders > len(images):
+            raise ValueError(f"{where}: the text refers to an image ({token!r}) but no image was given")
+        parts = []
+        if item.has_image and placeholders == 0:
+            # MMEB texts always carry the placeholder; an image given without one goes first.
+            parts.append(token)
+        if item.instruction:
+            parts.append(item.instruction)
+        if text:
+            parts.append(text)
+        return "\n".join(parts), images
+
+    def processor_calls(
+        self, inputs: Sequence[Any], prompt: str | None = None, item_names: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """One processor call per input, as a sample processed alone would get it: ``text`` (one
+        string), ``images`` (a list, absent for a text), and the input format's ``max_length`` /
+        ``truncation`` and extra arguments. ``prompt`` acts as a default instruction."""
+        input_format = self.input_format
+        common: dict[str, Any] = dict(input_format.processor_kwargs)
+        if input_format.max_length is not None:
+            common.update(max_length=input_format.max_length, truncation=True)
+        calls = []
+        for index, raw in enumerate(inputs):
+            where = item_names[index] if item_names is not None else f"input {index}"
+            item = to_input(raw, where=where)
+            if prompt and item.instruction is None:
+                item = EmbedInput(text=item.text, image=item.image, instruction=prompt)
+            text, images = self.render(item, where=where)
+            call = {"text": text, **common}
+            if images:
+                call["images"] = images
+            calls.append(call)
+        return calls
+
     def preprocess(
         self, inputs: Sequence[Any], prompt: str | None = None, item_names: Sequence[str] | None = None, **kwargs: Any
     ) -> dict[str, Any]:
@@ -177,33 +237,40 @@ class UniMETransformer(Transformer):
         ``item_names`` name the inputs in error messages (their position in the caller's list)."""
         if not inputs:
             return {}
-        prompts: list[str] = []
-        images: list[Any] = []
-        counts: list[int] = []
-        for index, raw in enumerate(inputs):
-            where = item_names[index] if item_names is not None else f"input {index}"
-            item = to_input(raw, where=where)
-            if prompt and item.instruction is None:
-                item = EmbedInput(text=item.text, image=item.image, instruction=prompt)
-            text, item_images = self.render(item, where=where)
-            prompts.append(text)
-            images.extend(item_images)
-            counts.append(len(item_images))
-        call = {"text": prompts, "padding": True, "return_tensors": "pt"}
-        if images:
-            call["images"] = images
-        features = dict(self.processor(**call))
-        if images:
+        calls = self.processor_calls(inputs, prompt, item_names)
+        counts = [len(call.get("images", ())) for call in calls]
+        with image_processor_settings(self.processor, self.input_format.image_processor_settings):
+            if self.backbone.one_sample_per_call:
+                features = self._process_one_by_one(calls)
+            else:
+                features = self._process_batch(calls)
+        if any(counts):
             # Lets the GradCache engine slice image tensors per mini-batch.
             features["num_images_per_sample"] = torch.tensor(counts, dtype=torch.long)
             if "batch_num_images" in features:
                 # LLaVA-OneVision's processor lists only the rows that have images, which the
                 # engine would slice per row; one entry per row (zeros included) slices correctly.
                 features["batch_num_images"] = features["num_images_per_sample"].clone()
-        features["modality"] = "image" if images else "text"
+        features["modality"] = "image" if any(counts) else "text"
         if self.transformer_task in ("text-generation", "any-to-any"):
             features["logits_to_keep"] = 1
         return features
+
+    def _process_batch(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        """All samples in one processor call (padding on the tokenizer's side)."""
+        batch = {key: value for key, value in calls[0].items() if key not in ("text", "images")}
+        batch.update(text=[call["text"] for call in calls], padding=True, return_tensors="pt")
+        images = [image for call in calls for image in call.get("images", ())]
+        if images:
+            batch["images"] = images
+        return dict(self.processor(**batch))
+
+    def _process_one_by_one(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        """Each sample in its own processor call, then padded together (Phi-3.5-V)."""
+        samples = [dict(self.processor(**call, return_tensors="pt")) for call in calls]
+        tokenizer = self.tokenizer
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return pad_samples(samples, pad_id if pad_id is not None else 0, tokenizer.padding_side)
 
 
 # encode arguments the prefetching loop handles; any other argument takes sentence-transformers' loop.
@@ -254,6 +321,26 @@ class UniMEModel(SentenceTransformer):
     def backbone(self) -> Backbone:
         return self[0].backbone
 
+    @property
+    def input_format(self) -> InputFormat:
+        """How inputs are rendered now (:mod:`unime.formats`); :data:`~unime.formats.PROMPTED` after loading."""
+        return self[0].input_format
+
+    def set_input_format(self, input_format: InputFormat | None) -> None:
+        """Render inputs in ``input_format`` from now on (None: the UniME prompts); not saved."""
+        self[0].set_input_format(input_format)
+
+    @contextmanager
+    def using_format(self, input_format: InputFormat | None) -> Iterator[UniMEModel]:
+        """``with model.using_format(vlm2vec_format("llava_next")): model.encode(...)``; the
+        previous format is restored afterwards."""
+        previous = self.input_format
+        self.set_input_format(input_format)
+        try:
+            yield self
+        finally:
+            self.set_input_format(previous)
+
     @torch.inference_mode()
     def _encode_prefetched(
         self,
@@ -303,7 +390,9 @@ class UniMEModel(SentenceTransformer):
     def encode(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         single = not isinstance(inputs, (list, tuple))
         items = [to_input(x, where=f"input {i}") for i, x in enumerate([inputs] if single else inputs)]
-        if self.unime_config.mode != "sum" or not any(x.has_image and x.has_text for x in items):
+        # A raw input format (VLM2Vec) embeds every input as one sequence, whatever the saved mode.
+        one_sequence = self.unime_config.mode != "sum" or self.input_format.style == "raw"
+        if one_sequence or not any(x.has_image and x.has_text for x in items):
             if not args and set(kwargs) <= _PREFETCH_KWARGS and self._distributed_inference is None:
                 result = self._encode_prefetched(items, **kwargs)
             else:

@@ -1,4 +1,6 @@
-"""Image-only processors for families whose processor also owns a video processor.
+"""Processor helpers: image-only processors, and batching samples processed one at a time.
+
+Image-only processors, for families whose processor also owns a video processor.
 
 Without torchvision the video processors of Qwen2-VL, Qwen2.5-VL and LLaVA-OneVision cannot be
 built, and ``AutoProcessor`` then silently returns the bare tokenizer: the model would accept text
@@ -8,8 +10,11 @@ argument names of ``__init__``, hence the explicit signatures.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import torch
 from transformers import LlavaOnevisionProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor
 
 
@@ -46,3 +51,48 @@ class ImageOnlyLlavaOnevisionProcessor(LlavaOnevisionProcessor):
             vision_aspect_ratio=vision_aspect_ratio,
             **kwargs,
         )
+
+
+@contextmanager
+def image_processor_settings(processor: Any, settings: Any) -> Iterator[None]:
+    """Set attributes of the processor's image processor for the duration of a ``with`` block."""
+    target = getattr(processor, "image_processor", None)
+    if not settings or target is None:
+        yield
+        return
+    previous = {name: getattr(target, name, None) for name in settings}
+    for name, value in settings.items():
+        setattr(target, name, value)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            setattr(target, name, value)
+
+
+def pad_samples(samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str) -> dict[str, Any]:
+    """Batch samples processed one at a time: ``input_ids`` and ``attention_mask`` padded to the
+    longest row on ``padding_side`` (pad id, mask 0), every other tensor concatenated along its
+    first dimension over the samples that have it (image tensors: one entry per image, in row order)."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    rows = [sample["input_ids"].reshape(-1) for sample in samples]
+    masks = [
+        sample["attention_mask"].reshape(-1) if "attention_mask" in sample else torch.ones_like(row)
+        for sample, row in zip(samples, rows, strict=True)
+    ]
+    longest = max(row.numel() for row in rows)
+    ids, attention = [], []
+    for row, mask in zip(rows, masks, strict=True):
+        pad = longest - row.numel()
+        fill_ids = torch.full((pad,), pad_token_id, dtype=row.dtype)
+        fill_mask = torch.zeros(pad, dtype=mask.dtype)
+        pieces = ((fill_ids, row), (fill_mask, mask)) if padding_side == "left" else ((row, fill_ids), (mask, fill_mask))
+        ids.append(torch.cat(pieces[0]))
+        attention.append(torch.cat(pieces[1]))
+    features: dict[str, Any] = {"input_ids": torch.stack(ids), "attention_mask": torch.stack(attention)}
+    keys = [key for sample in samples for key in sample if key not in ("input_ids", "attention_mask")]
+    for key in dict.fromkeys(keys):
+        values = [sample[key] for sample in samples if key in sample]
+        features[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else [v for x in values for v in x]
+    return features

@@ -31,6 +31,12 @@ class Backbone:
         requires_remote_code: the architecture exists only as hub remote code.
         image_only_processor: dotted name of a processor class to use when the family's own
             processor cannot be built (its video slot needs torchvision).
+        bare_image_token: the image token of a raw-text input (VLM2Vec v1 feeds Qwen2-VL a bare
+            ``<|image_pad|>``, without the ``<|vision_start|>`` / ``<|vision_end|>`` of the chat
+            format); None: ``image_token``.
+        one_sample_per_call: the processor takes one prompt string per call (Phi-3.5-V's remote
+            code, whose ``<|image_N|>`` tags number the images of that one prompt); samples are
+            processed one at a time and padded into a batch.
     """
 
     family: str
@@ -42,6 +48,13 @@ class Backbone:
     transformer_task: str = "feature-extraction"
     requires_remote_code: bool = False
     image_only_processor: str | None = None
+    bare_image_token: str | None = None
+    one_sample_per_call: bool = False
+
+    @property
+    def raw_image_token(self) -> str:
+        """The token that stands for an image in a raw-text input (:mod:`unime.formats`)."""
+        return self.bare_image_token or self.image_token
 
     def chat(self, body: str, processor: Any = None) -> str:
         """Wrap a prompt body in the family's chat format (one user turn, then the assistant's)."""

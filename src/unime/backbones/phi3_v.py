@@ -1,4 +1,10 @@
-"""Phi-3.5-V: hub remote code only, loaded as a causal LM whose last hidden state is pooled."""
+"""Phi-3.5-V: hub remote code only, loaded as a causal LM whose last hidden state is pooled.
+
+Its processor (``Phi3VProcessor``) takes ONE prompt string per call, with numbered ``<|image_N|>``
+tags for that prompt's images (it asserts they run from 1 and match the images given); the
+official scripts embed images with batch size 1 and VLM2Vec processes every sample alone. The
+input module does the same and pads the samples into a batch (``one_sample_per_call``).
+"""
 
 from __future__ import annotations
 
@@ -21,4 +27,6 @@ BACKBONE = Phi3VBackbone(
     lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
     transformer_task="text-generation",
     requires_remote_code=True,
+    # Its remote-code processor takes one prompt string; <|image_N|> numbers that prompt's images.
+    one_sample_per_call=True,
 )

@@ -17,6 +17,7 @@ class QwenVLBackbone(Backbone):
 BACKBONE = QwenVLBackbone(
     family="qwen2_vl",
     image_token="<|vision_start|><|image_pad|><|vision_end|>",
+    bare_image_token="<|image_pad|>",
     vision_modules=("visual",),
     image_only_processor="unime.processors.ImageOnlyQwen2VLProcessor",
 )

@@ -62,6 +62,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help='JSON {dataset: {"meta_task": ..., "split": "IND"|"OOD"}} replacing the paper\'s 36-dataset split '
         "(e.g. the synthetic benchmark's mmeb_eval/splits.json)",
     )
+    mmeb.add_argument(
+        "--protocol",
+        default="vlm2vec",
+        choices=["vlm2vec", "unime"],
+        help="vlm2vec (default): VLM2Vec v1 eval.py, which produced UniME's MMEB numbers: the raw text with "
+        "<|image_1|> as the backbone's bare image token, no chat template or summary prompt, square image "
+        "resize, per-backbone max length, argmax ties, bf16 unless --dtype says otherwise; unime: the model's "
+        "own prompts and mode, the processor's own image size, strict ties (docs/evaluation.md)",
+    )
+    mmeb.add_argument(
+        "--image-resolution",
+        default="high",
+        choices=["high", "mid", "low", "none"],
+        help="vlm2vec: resize every image to 1344 (high), 672 (mid) or 128 (low) px square before the "
+        "processor; none: only images above 1344 px (Phi-3.5-V: never resized)",
+    )
+    mmeb.add_argument(
+        "--max-length",
+        type=int,
+        help="vlm2vec: token limit per sequence (default: Phi-3.5-V 256, LLaVA-1.6 4096, other backbones none)",
+    )
+    mmeb.add_argument(
+        "--ties",
+        choices=["argmax", "strict"],
+        help="precision@1 tie rule: argmax (a tie with the positive, at index 0, is a hit; vlm2vec's default) "
+        "or strict (the positive must win outright; unime's default)",
+    )
+    mmeb.add_argument(
+        "--save-scores",
+        metavar="DIR",
+        help="write DIR/<dataset>.npy per dataset: float32 [queries, candidates], row i the cosine scores of "
+        "query i against its own candidate list in the data's order (NaN pads shorter lists)",
+    )
     mmeb.set_defaults(func=run_mmeb_command)
 
     retrieval = tasks.add_parser("retrieval", help="image-text R@1/5/10 in both directions")
@@ -83,6 +116,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     retrieval.add_argument("--split", default="test", help="Karpathy split (default test)")
     retrieval.add_argument("--limit", type=int, default=1000, help="ShareGPT4V entries to use (default 1000)")
+    retrieval.add_argument(
+        "--captions-per-image", type=int, default=5,
+        help="Karpathy files: the first N captions of each image, as the official scripts cut COCO's (0: all)",
+    )
     retrieval.add_argument("--output", help="result JSON; the markdown table goes beside it")
     retrieval.set_defaults(func=run_retrieval_command)
 
@@ -210,9 +247,18 @@ def read_groups(path: str) -> dict[str, tuple[str, str]]:
 
 
 def run_mmeb_command(args: argparse.Namespace) -> int:
+    from unime.evaluation.mmeb import MMEBProtocol
     from unime.evaluation.runner import model_identity, run_mmeb
 
     _check_options(args)
+    if args.max_length is not None and args.max_length <= 0:
+        raise CLIError(f"--max-length must be positive, got {args.max_length}")
+    if args.protocol == "unime" and (args.max_length is not None or args.image_resolution != "high"):
+        raise CLIError("--max-length and --image-resolution belong to --protocol vlm2vec; the unime protocol "
+                       "uses the model's prompts and the processor's own image size")
+    protocol = MMEBProtocol(args.protocol, args.image_resolution, args.max_length, args.ties)
+    if args.dtype is None and args.protocol == "vlm2vec":
+        args.dtype = "bfloat16"  # VLM2Vec v1 runs the model in bf16
     output = Path(args.output)
     if output.suffix.lower() != ".json":
         raise CLIError(f"--output {output}: expected a .json file")
@@ -233,12 +279,17 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         show_progress_bar=not args.no_progress,
         groups=groups,
+        protocol=protocol,
+        save_scores=args.save_scores,
     )
     config = {
         "data_dir": args.data_dir,
         "image_dir": args.image_dir,
         "datasets": split_names(args.datasets),
         "cache_dir": str(cache_dir),
+        "protocol": protocol.describe(model),
+        "dtype": args.dtype,
+        "save_scores": args.save_scores,
     }
     return _finish(args, "mmeb", metrics, config)
 
@@ -254,12 +305,14 @@ def run_retrieval_command(args: argparse.Namespace) -> int:
             f"--name given {len(names)} times for {len(args.data)} --data; give it once per --data"
         )
     datasets = [
-        load_retrieval(path, image_dir, fmt=args.format, split=args.split, limit=args.limit, name=name)
+        load_retrieval(path, image_dir, fmt=args.format, split=args.split, limit=args.limit, name=name,
+                       captions_per_image=args.captions_per_image or None)
         for path, image_dir, name in zip(args.data, image_dirs, names or [None] * len(args.data), strict=True)
     ]
     model = _load_model(args)
     metrics = evaluate_retrieval(_shared(model), datasets, args.batch_size, not args.no_progress)
-    config = {"data": args.data, "image_dir": args.image_dir, "split": args.split, "limit": args.limit}
+    config = {"data": args.data, "image_dir": args.image_dir, "split": args.split, "limit": args.limit,
+              "captions_per_image": args.captions_per_image or None}
     return _finish(args, "retrieval", metrics, config)
 
 

@@ -20,6 +20,8 @@ _EXPORTS = {
     "load_mmeb_dataset": "mmeb",
     "summarize_mmeb": "mmeb",
     "MMEBDataset": "mmeb",
+    "MMEBProtocol": "mmeb",
+    "candidate_scores": "mmeb",
     "evaluate_retrieval": "retrieval",
     "load_retrieval": "retrieval",
     "RetrievalDataset": "retrieval",

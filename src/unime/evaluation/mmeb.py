@@ -2,9 +2,15 @@
 
 Each dataset is a folder of parquet files whose rows hold a query (``qry_text``, ``qry_img_path``)
 and its own candidate list (``tgt_text``, ``tgt_img_path``, equal-length lists) with the positive at
-index 0. The metric is precision@1: the query scores a hit when the positive is strictly more
-similar to it than every other candidate. A tie with a negative counts as a miss, so a model that
-embeds everything identically scores 0, never a lucky 100.
+index 0. The metric is precision@1 over the cosine similarities of each query with its own
+candidates, computed from embeddings normalised again in float32. Two tie rules
+(:data:`TIE_RULES`): ``argmax`` (VLM2Vec's ``np.argmax``: the first maximum wins, so a tie with
+the positive at index 0 is a hit) and ``strict`` (the positive must beat every other candidate
+strictly: a model that embeds everything identically scores 0, never a lucky 100).
+
+How the inputs reach the model is the :class:`MMEBProtocol`: ``vlm2vec`` (VLM2Vec v1 ``eval.py``,
+which produced UniME's MMEB numbers: raw text, bare image token, square image resize, per-backbone
+``max_len``, ``argmax``) or ``unime`` (the model's own prompts, ``strict``).
 
 Candidate lists repeat a lot (a classification dataset carries the same label set on all of its
 1000 rows), so a dataset is stored as a pool of distinct candidates plus, per query, the indices of
@@ -13,9 +19,10 @@ its candidates in the pool: the model then embeds each distinct input once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,11 @@ from unime.evaluation.encoding import deduplicate, encode_checked
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
+
+PROTOCOLS = ("vlm2vec", "unime")
+#: ``argmax``: VLM2Vec's rule (first maximum wins: a tie with the positive is a hit);
+#: ``strict``: the positive must beat every other candidate (a tie is a miss).
+TIE_RULES = ("argmax", "strict")
 
 #: The paper's 36 datasets: meta-task -> (in-distribution, out-of-distribution) datasets.
 MMEB_SPLITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -73,6 +85,86 @@ def dataset_group(name: str) -> tuple[str, str] | None:
         if name in ood:
             return task, "OOD"
     return None
+
+
+@dataclass(frozen=True)
+class MMEBProtocol:
+    """How MMEB inputs reach the model and how ties are scored.
+
+    Attributes:
+        name: ``"vlm2vec"`` (VLM2Vec v1 ``eval.py``: :func:`unime.formats.vlm2vec_format`) or
+            ``"unime"`` (the model's saved prompts and mode, the processor's own image size).
+        image_resolution: VLM2Vec's ``--image_resolution`` (``high`` 1344, ``mid`` 672, ``low``
+            128, ``none``: only images above 1344 px are resized); ``vlm2vec`` only.
+        max_length: token limit per sequence; None: the backbone's VLM2Vec ``--max_len``
+            (Phi-3.5-V 256, LLaVA-1.6 4096, none otherwise); ``vlm2vec`` only.
+        ties: :data:`TIE_RULES`; None: ``argmax`` for ``vlm2vec``, ``strict`` for ``unime``.
+    """
+
+    name: str = "vlm2vec"
+    image_resolution: str = "high"
+    max_length: int | None = None
+    ties: str | None = None
+
+    def __post_init__(self) -> None:
+        from unime.formats import IMAGE_RESOLUTIONS
+
+        if self.name not in PROTOCOLS:
+            raise ValueError(f"MMEB protocol must be one of {', '.join(PROTOCOLS)}, got {self.name!r}")
+        if self.image_resolution not in IMAGE_RESOLUTIONS:
+            raise ValueError(f"image_resolution must be one of {', '.join(IMAGE_RESOLUTIONS)}, "
+                             f"got {self.image_resolution!r}")
+        if self.ties is not None and self.ties not in TIE_RULES:
+            raise ValueError(f"ties must be one of {', '.join(TIE_RULES)}, got {self.ties!r}")
+        if self.max_length is not None and self.max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {self.max_length}")
+
+    @property
+    def tie_rule(self) -> str:
+        return self.ties or ("argmax" if self.name == "vlm2vec" else "strict")
+
+    def input_format(self, family: str) -> Any:
+        """The :class:`unime.formats.InputFormat` of this protocol for a backbone family."""
+        from unime.formats import PROMPTED, vlm2vec_format
+
+        if self.name == "unime":
+            return PROMPTED
+        return vlm2vec_format(family, self.image_resolution, self.max_length)
+
+    def describe(self, model: Any = None) -> dict[str, Any]:
+        """A JSON record of the protocol; with a unime model, the input format it resolves to."""
+        record: dict[str, Any] = {"name": self.name, "ties": self.tie_rule}
+        if self.name == "vlm2vec":
+            record.update(image_resolution=self.image_resolution, max_length=self.max_length)
+        target = _unime_model(model)
+        if target is not None:
+            record["family"] = target.backbone.family
+            record["input_format"] = self.input_format(target.backbone.family).describe()
+            record["mode"] = "joint" if self.name == "vlm2vec" else target.unime_config.mode
+        return record
+
+
+def _unime_model(model: Any) -> Any:
+    """The UniME model inside ``model`` (itself, or the model a CachedEncoder wraps), else None."""
+    from unime.evaluation.encoding import CachedEncoder
+
+    if isinstance(model, CachedEncoder):
+        model = model.model
+    return model if hasattr(model, "using_format") and hasattr(model, "backbone") else None
+
+
+@contextlib.contextmanager
+def using_protocol(model: Any, protocol: MMEBProtocol | None) -> Iterator[None]:
+    """Render inputs in ``protocol``'s format while the block runs. A model that is not a unime
+    model (any sentence-transformers model, the test doubles) gets the inputs as they are."""
+    target = _unime_model(model)
+    if protocol is None or target is None:
+        if protocol is not None and protocol.name == "vlm2vec":
+            logger.info("not a unime model: MMEB inputs go to its encode() as they are")
+        yield
+        return
+    with target.using_format(protocol.input_format(target.backbone.family)):
+        yield
 
 
 @dataclass
@@ -220,27 +312,69 @@ def load_mmeb(
     ]
 
 
-def precision_at_1(
+def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Rows normalised again in float32: bf16-normalised embeddings have norms 0.997 to 1.003."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+
+
+def candidate_scores(
     query_embeddings: np.ndarray, pool_embeddings: np.ndarray, targets: Sequence[np.ndarray]
-) -> float:
-    """Percentage of queries whose positive (index 0 of its targets) beats every other candidate strictly."""
+) -> np.ndarray:
+    """``[queries, candidates]`` float32: row i holds the cosine of query i with each of its own
+    candidates, in the data's order (the positive first); rows of a dataset whose candidate lists
+    differ in length are padded with NaN."""
     if len(query_embeddings) != len(targets):
         raise ValueError(f"{len(query_embeddings)} query embeddings for {len(targets)} candidate lists")
+    queries, pool = _unit_rows(query_embeddings), _unit_rows(pool_embeddings)
+    width = max(len(target) for target in targets)
+    scores = np.full((len(targets), width), np.nan, dtype=np.float32)
+    for row, (query, target) in enumerate(zip(queries, targets, strict=True)):
+        scores[row, : len(target)] = pool[target] @ query
+    return scores
+
+
+def precision_from_scores(scores: np.ndarray, ties: str = "strict") -> float:
+    """Precision@1 (percent) from :func:`candidate_scores` (positive in column 0, NaN padding)."""
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {', '.join(TIE_RULES)}, got {ties!r}")
     hits = 0
-    for query, target in zip(query_embeddings, targets, strict=True):
-        scores = pool_embeddings[target] @ query
-        hits += bool(scores.size == 1 or scores[0] > scores[1:].max())
-    return percent(hits, len(targets))
+    for row in scores:
+        row = row[~np.isnan(row)]
+        if ties == "argmax":
+            hits += bool(np.argmax(row) == 0)
+        else:
+            hits += bool(row.size == 1 or row[0] > row[1:].max())
+    return percent(hits, len(scores))
 
 
-def score_mmeb_dataset(
-    model: Any, dataset: MMEBDataset, batch_size: int = 32, show_progress_bar: bool = False
+def precision_at_1(
+    query_embeddings: np.ndarray, pool_embeddings: np.ndarray, targets: Sequence[np.ndarray], ties: str = "strict"
 ) -> float:
-    """Precision@1 (percent) of ``model`` on one dataset, each distinct input embedded once."""
+    """Percentage of queries whose positive (index 0 of its targets) wins under the ``ties`` rule."""
+    return precision_from_scores(candidate_scores(query_embeddings, pool_embeddings, targets), ties)
+
+
+def mmeb_dataset_scores(
+    model: Any, dataset: MMEBDataset, batch_size: int = 32, show_progress_bar: bool = False
+) -> np.ndarray:
+    """:func:`candidate_scores` of ``model`` on one dataset, each distinct input embedded once."""
     unique, inverse = deduplicate([*dataset.queries, *dataset.pool])
     embeddings = encode_checked(model, unique, batch_size, show_progress_bar)
     n = len(dataset.queries)
-    return precision_at_1(embeddings[inverse[:n]], embeddings[inverse[n:]], dataset.targets)
+    return candidate_scores(embeddings[inverse[:n]], embeddings[inverse[n:]], dataset.targets)
+
+
+def score_mmeb_dataset(
+    model: Any,
+    dataset: MMEBDataset,
+    batch_size: int = 32,
+    show_progress_bar: bool = False,
+    ties: str = "strict",
+) -> float:
+    """Precision@1 (percent) of ``model`` on one dataset, each distinct input embedded once. The
+    inputs go to ``model.encode`` as they are: apply a protocol around it (:func:`using_protocol`)."""
+    return precision_from_scores(mmeb_dataset_scores(model, dataset, batch_size, show_progress_bar), ties)
 
 
 def summarize_mmeb(
@@ -272,10 +406,17 @@ def evaluate_mmeb(
     batch_size: int = 32,
     show_progress_bar: bool = False,
     groups: Mapping[str, tuple[str, str]] | None = None,
+    protocol: MMEBProtocol | None = None,
 ) -> dict[str, float]:
-    """Precision@1 of ``model`` on each dataset plus the paper's aggregates (see :func:`summarize_mmeb`)."""
+    """Precision@1 of ``model`` on each dataset plus the paper's aggregates (see :func:`summarize_mmeb`).
+
+    ``protocol`` None: the model's current input format and the ``strict`` tie rule (what the
+    function always did); ``unime eval mmeb`` passes ``MMEBProtocol("vlm2vec")`` by default.
+    """
     scores = {}
-    for dataset in datasets:
-        scores[dataset.name] = score_mmeb_dataset(model, dataset, batch_size, show_progress_bar)
-        logger.info("MMEB %s: precision@1 %.2f", dataset.name, scores[dataset.name])
+    ties = protocol.tie_rule if protocol is not None else "strict"
+    with using_protocol(model, protocol):
+        for dataset in datasets:
+            scores[dataset.name] = score_mmeb_dataset(model, dataset, batch_size, show_progress_bar, ties)
+            logger.info("MMEB %s: precision@1 %.2f", dataset.name, scores[dataset.name])
     return summarize_mmeb(scores, groups)

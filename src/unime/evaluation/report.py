@@ -49,6 +49,12 @@ def write_results(
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     markdown = path.with_suffix(".md")
     title = f"# {task} results" + (f" for {model}" if model else "")
+    protocol = (config or {}).get("protocol")
+    if isinstance(protocol, Mapping) and protocol.get("name"):
+        # Which protocol produced the numbers: VLM2Vec's and unime's differ by many points.
+        details = ", ".join(f"{key} {protocol[key]}" for key in ("ties", "image_resolution", "max_length")
+                            if protocol.get(key) is not None)
+        title += f"\n\nProtocol: {protocol['name']}" + (f" ({details})" if details else "")
     markdown.write_text(f"{title}\n\n{markdown_report(task, metrics)}", encoding="utf-8")
     return markdown
 

@@ -4,7 +4,8 @@ Layouts read by :func:`load_retrieval`:
 
 - Karpathy JSON (Flickr30K, MSCOCO): ``{"images": [{"filename", "filepath"?, "split",
   "sentences": [{"raw"}]}]}``, one split (``test`` by default); images at
-  ``image_dir/filepath/filename``.
+  ``image_dir/filepath/filename``; the first 5 captions of each image, as the official UniME
+  scripts cut COCO's (some COCO images have 6 or 7; Flickr30K has 5).
 - CSV / TSV / JSONL with ``image`` and ``caption`` columns; rows sharing an image are grouped.
 - ShareGPT4V (share-captioner JSON): a list of ``{"image", "conversations": [{"from": "human"},
   {"from": "gpt", "value": caption}]}``; the first 1000 entries by default.
@@ -78,7 +79,10 @@ class RetrievalDataset:
         return cls(name, list(index), captions, np.asarray(owners, dtype=np.int64))
 
 
-def _karpathy(path: Path, image_dir: Path, split: str) -> list[tuple[str, str]]:
+KARPATHY_CAPTIONS = 5
+
+
+def _karpathy(path: Path, image_dir: Path, split: str, captions_per_image: int | None) -> list[tuple[str, str]]:
     data = json.loads(path.read_text(encoding="utf-8"))
     pairs = []
     for row, entry in enumerate(data["images"]):
@@ -88,7 +92,7 @@ def _karpathy(path: Path, image_dir: Path, split: str) -> list[tuple[str, str]]:
             continue
         relative = os.path.join(entry.get("filepath") or "", entry["filename"])
         image = resolve_image(image_dir, relative, f"{where}: filename")
-        for number, sentence in enumerate(entry["sentences"]):
+        for number, sentence in enumerate(entry["sentences"][:captions_per_image]):
             require_fields(sentence, ("raw",), f"{where}: sentences[{number}]")
             pairs.append((image, sentence["raw"].strip()))
     if not pairs:
@@ -163,19 +167,23 @@ def load_retrieval(
     split: str = "test",
     limit: int = 1000,
     name: str | None = None,
+    captions_per_image: int | None = KARPATHY_CAPTIONS,
 ) -> RetrievalDataset:
     """Read a retrieval dataset in any layout of the module docstring.
 
-    ``image_dir`` defaults to the data file's folder; ``split`` applies to Karpathy files and
-    ``limit`` to ShareGPT4V (the paper uses its first 1000 entries).
+    ``image_dir`` defaults to the data file's folder; ``split`` and ``captions_per_image`` (the
+    first N captions of each image, None: all) apply to Karpathy files and ``limit`` to
+    ShareGPT4V (the paper uses its first 1000 entries).
     """
+    if captions_per_image is not None and captions_per_image <= 0:
+        raise ValueError(f"captions_per_image must be positive or None, got {captions_per_image}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"retrieval data {path} does not exist")
     fmt = detect_format(path) if fmt == "auto" else fmt
     image_root = Path(image_dir) if image_dir is not None else path.parent
     if fmt == "karpathy":
-        pairs = _karpathy(path, image_root, split)
+        pairs = _karpathy(path, image_root, split, captions_per_image)
     elif fmt == "table":
         pairs = _table(path, image_root)
     elif fmt == "sharegpt4v":
@@ -241,6 +249,8 @@ def evaluate_retrieval(
         inputs = [make_input(None, image) for image in dataset.images] + list(dataset.captions)
         embeddings = encode_unique(model, inputs, batch_size, show_progress_bar)
         n = len(dataset.images)
+        # Cosine similarity, from rows normalised again in float32 (bf16 rows are only nearly unit).
+        embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
         scores = recall_at_k(embeddings[n:], embeddings[:n], dataset.caption_image)
         metrics.update({f"retrieval/{dataset.name}/{key}": value for key, value in scores.items()})
         r_at_1 += [scores["i2t_R@1"], scores["t2i_R@1"]]

@@ -6,6 +6,10 @@ embeddings land in ``<cache>/<dataset>/chunk-*.safetensors``), stores each datas
 ``<cache>/<dataset>/result.json`` once it is known, and on a second run skips finished datasets and
 re-encodes nothing already cached. Under ``torchrun`` every rank runs this code; encoding is
 sharded by the wrapper and only rank 0 writes.
+
+A protocol (:class:`~unime.evaluation.mmeb.MMEBProtocol`) changes the embeddings, so it is part
+of the cache's model identity: a run in another protocol never reuses them. ``save_scores``
+writes each dataset's cosine scores as ``<dir>/<dataset>.npy``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from unime.evaluation.encoding import CachedEncoder, distributed_world, is_main_process
-from unime.evaluation.mmeb import discover_mmeb, load_mmeb_dataset, score_mmeb_dataset, summarize_mmeb
+from unime.evaluation.mmeb import (
+    MMEBProtocol,
+    discover_mmeb,
+    load_mmeb_dataset,
+    mmeb_dataset_scores,
+    precision_from_scores,
+    summarize_mmeb,
+    using_protocol,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +87,28 @@ def _cached_score(path: Path, fingerprint: str) -> float | None:
     return float(stored["precision@1"])
 
 
+def cache_identity(model_id: str, protocol: MMEBProtocol | None, model: Any = None) -> str:
+    """The identity cached embeddings are keyed by: the model, plus what of the protocol changes an
+    embedding (its name and resolved input format; not the tie rule, which only scoring reads)."""
+    if protocol is None:
+        return model_id
+    record = {key: value for key, value in protocol.describe(model).items() if key != "ties"}
+    return f"{model_id} {json.dumps(record, sort_keys=True)}"
+
+
+def save_score_matrix(folder: str | os.PathLike[str], name: str, scores: Any) -> Path:
+    """Write one dataset's :func:`~unime.evaluation.mmeb.candidate_scores` as ``folder/name.npy``."""
+    import numpy as np
+
+    path = Path(folder) / f"{name}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as handle:
+        np.save(handle, np.asarray(scores, dtype=np.float32))
+    os.replace(partial, path)
+    return path
+
+
 def run_mmeb(
     model: Any,
     data_dir: str | os.PathLike[str],
@@ -88,31 +122,41 @@ def run_mmeb(
     overwrite: bool = False,
     show_progress_bar: bool = False,
     groups: dict[str, tuple[str, str]] | None = None,
+    protocol: MMEBProtocol | None = None,
+    save_scores: str | os.PathLike[str] | None = None,
 ) -> dict[str, float]:
     """Evaluate ``model`` on MMEB datasets with resumption; returns :func:`summarize_mmeb` metrics
     (``groups`` replaces the paper's dataset split in the aggregates).
 
     ``model_id`` names the model in the cache (``unime eval mmeb`` passes :func:`model_identity` of
-    its ``--model``); ``overwrite`` drops the cache of every selected dataset first.
+    its ``--model``); ``overwrite`` drops the cache of every selected dataset first. ``protocol``
+    (None: the model's current input format, ``strict`` ties) renders the inputs and scores ties;
+    it joins the cache's model identity. ``save_scores``: write ``<dir>/<dataset>.npy``, float32
+    [queries, candidates] cosine scores (a dataset with a stored score is scored again from its
+    cached embeddings, without encoding).
     """
     data_dir, image_dir, cache_dir = Path(data_dir), Path(image_dir), Path(cache_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"MMEB image folder {image_dir} does not exist (--image-dir)")
+    identity = cache_identity(model_id, protocol, model)
+    ties = protocol.tie_rule if protocol is not None else "strict"
     scores: dict[str, float] = {}
     for name in discover_mmeb(data_dir, names):
         folder, store = data_dir / name, cache_dir / name
         if overwrite and store.exists() and is_main_process():
             shutil.rmtree(store)
         _barrier()
-        fingerprint = _fingerprint(model_id, folder, image_dir)
+        fingerprint = _fingerprint(f"{identity} ties={ties}", folder, image_dir)
         cached = _cached_score(store / RESULT_FILE, fingerprint)
-        if cached is not None:
+        if cached is not None and save_scores is None:
             scores[name] = cached
             logger.info("MMEB %s: precision@1 %.2f (from %s)", name, cached, store)
             continue
         dataset = load_mmeb_dataset(folder, image_dir, name)
-        encoder = CachedEncoder(model, store, model_id=model_id, chunk_size=chunk_size)
-        scores[name] = score_mmeb_dataset(encoder, dataset, batch_size, show_progress_bar)
+        encoder = CachedEncoder(model, store, model_id=identity, chunk_size=chunk_size)
+        with using_protocol(model, protocol):
+            matrix = mmeb_dataset_scores(encoder, dataset, batch_size, show_progress_bar)
+        scores[name] = precision_from_scores(matrix, ties)
         logger.info(
             "MMEB %s: precision@1 %.2f (%d queries, %d distinct candidates, %d inputs encoded here)",
             name,
@@ -122,7 +166,10 @@ def run_mmeb(
             encoder.encoded,
         )
         if is_main_process():
-            record = {"dataset": name, "precision@1": scores[name], "fingerprint": fingerprint}
+            if save_scores is not None:
+                save_score_matrix(save_scores, name, matrix)
+            record = {"dataset": name, "precision@1": scores[name], "fingerprint": fingerprint,
+                      "protocol": protocol.describe(model) if protocol is not None else None}
             store.mkdir(parents=True, exist_ok=True)
             (store / RESULT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return summarize_mmeb(scores, groups)

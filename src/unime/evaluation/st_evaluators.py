@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sentence_transformers.base.evaluation import BaseEvaluator
 
-from unime.evaluation.mmeb import MMEBDataset, dataset_group, evaluate_mmeb
+from unime.evaluation.mmeb import MMEBDataset, MMEBProtocol, dataset_group, evaluate_mmeb
 from unime.evaluation.retrieval import RetrievalDataset, evaluate_retrieval
 from unime.evaluation.sts import STSDataset, evaluate_sts
 from unime.evaluation.sugarcrepe import SugarCrepeSplit, evaluate_sugarcrepe
@@ -82,13 +83,23 @@ def _first_name(data: Sequence[Any], kind: str) -> str:
 
 
 class MMEBEvaluator(UniMEEvaluator):
-    """MMEB precision@1; primary metric the overall mean (or the only dataset's score outside the 36)."""
+    """MMEB precision@1; primary metric the overall mean (or the only dataset's score outside the 36).
 
-    def __init__(self, datasets: Sequence[MMEBDataset], batch_size: int = 32, name: str = "") -> None:
+    ``protocol`` (:class:`~unime.evaluation.mmeb.MMEBProtocol`): None evaluates the model in its
+    current input format (during stage 2: the training format) with strict ties.
+    """
+
+    def __init__(self, datasets: Sequence[MMEBDataset], batch_size: int = 32, name: str = "",
+                 protocol: MMEBProtocol | None = None) -> None:
         first = _first_name(datasets, "MMEBEvaluator")
         in_table = any(dataset_group(d.name) is not None for d in datasets)
         primary = "mmeb/overall/precision@1" if in_table else f"mmeb/{first}/precision@1"
-        super().__init__(evaluate_mmeb, datasets, primary, batch_size, name)
+        self.protocol = protocol
+        super().__init__(partial(evaluate_mmeb, protocol=protocol), datasets, primary, batch_size, name)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        protocol = self.protocol.describe() if self.protocol is not None else None
+        return {**super().get_config_dict(), "protocol": protocol}
 
 
 class RetrievalEvaluator(UniMEEvaluator):

@@ -17,10 +17,11 @@ from unime.losses.hard_negative import (
     mine_negatives,
     mining_statistics,
 )
-from unime.losses.similarity_kl import DIRECTIONS, SimilarityKLLoss, similarity_kl
+from unime.losses.similarity_kl import DIRECTIONS, LITERAL_FORM, SimilarityKLLoss, similarity_kl
 
 __all__ = [
     "DIRECTIONS",
+    "LITERAL_FORM",
     "NEGATIVE_MODES",
     "HardNegativeInfoNCELoss",
     "MiningResult",

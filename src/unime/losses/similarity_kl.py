@@ -84,15 +84,20 @@ def similarity_kl_rows(
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
 
 
+#: The loss as printed in the paper: KL(P_s || P_t) with each sentence's self-similarity kept.
+#: ``similarity_kl(s, t, **LITERAL_FORM)``, ``SimilarityKLLoss(model, **LITERAL_FORM)``.
+LITERAL_FORM: dict[str, Any] = {"direction": "student_teacher", "exclude_diagonal": False}
+
+
 def similarity_kl(
     student: Tensor,
     teacher: Tensor,
     temperature: float = 0.05,
-    direction: str = "student_teacher",
+    direction: str = "teacher_student",
     *,
     student_candidates: Tensor | None = None,
     teacher_candidates: Tensor | None = None,
-    exclude_diagonal: bool = False,
+    exclude_diagonal: bool | None = None,
 ) -> Tensor:
     """Mean KL divergence between the student's and the teacher's similarity distributions.
 
@@ -101,32 +106,35 @@ def similarity_kl(
     [n, d_t] (the dimensions may differ)::
 
         P_s(i, .) = softmax_j(E_s E_s^T / tau)[i]      P_t(i, .) = softmax_j(E_t E_t^T / tau)[i]
-        loss = 1/n sum_i KL(P_s(i, .) || P_t(i, .))              (direction="student_teacher")
         loss = 1/n sum_i KL(P_t(i, .) || P_s(i, .))              (direction="teacher_student")
+        loss = 1/n sum_i KL(P_s(i, .) || P_t(i, .))              (direction="student_teacher")
 
     The paper prints a sum over rows; the mean differs by the constant n and keeps the loss scale
     independent of the batch size. Given ``student_candidates`` [m, d_s] and ``teacher_candidates``
     [m, d_t], the matrices are ``E_s C_s^T`` and ``E_t C_t^T`` instead (e.g. premises against their
-    paired hypotheses). ``exclude_diagonal=True`` removes the self-similarity ``j = i`` from both
-    distributions; it needs the in-batch square form and n >= 2.
+    paired hypotheses). ``exclude_diagonal`` removes the self-similarity ``j = i`` from both
+    distributions; None (the default) removes it in the in-batch square form and keeps the
+    candidate form whole (its diagonal is each row's own pair, not a self-similarity); True with
+    candidates is an error. The square form with the diagonal removed needs n >= 2.
 
-    The defaults here are the paper's literal form (diagonal included, direction as printed). For
-    training, ``direction="teacher_student"``, ``temperature=0.05`` and ``exclude_diagonal=True`` are
-    recommended (the defaults of :class:`SimilarityKLLoss`): on a CPU run (SmolLM2-135M-Instruct
+    Defaults (the same as :class:`SimilarityKLLoss` and ``unime distill``): KL(P_t || P_s),
+    ``temperature=0.05``, diagonal excluded, the measured best. The paper's literal form
+    (KL(P_s || P_t), diagonal included) is :data:`LITERAL_FORM`. On a CPU run (SmolLM2-135M-Instruct
     student, all-MiniLM-L6-v2 teacher, 7 minutes each, STS-B test Spearman x100) the literal form
-    reached 62.3 to 65.5 for both directions and tau 0.02 / 0.05, in-batch InfoNCE 74.8, and the masked
-    KL(P_t || P_s) at tau 0.05 76.3. With the diagonal included the teacher's row-softmax is almost
-    the identity (0.0002 to 0.0003 of the mass off the diagonal in a batch of 64), so the loss
-    collapses within 20 steps and only pushes the student's sentences apart.
+    reached 62.3 to 65.5 for both directions and tau 0.02 / 0.05, in-batch InfoNCE 74.8, and the
+    default 76.3. With the diagonal included the teacher's row-softmax is almost the identity
+    (0.0002 to 0.0003 of the mass off the diagonal in a batch of 64), so the loss collapses within
+    20 steps and only pushes the student's sentences apart.
 
     Example::
 
         >>> import torch
-        >>> from unime.losses import similarity_kl
+        >>> from unime.losses import LITERAL_FORM, similarity_kl
         >>> student, teacher = torch.randn(8, 16), torch.randn(8, 32)
-        >>> loss = similarity_kl(student, teacher, direction="teacher_student", exclude_diagonal=True)
-        >>> loss.shape
-        torch.Size([])
+        >>> loss = similarity_kl(student, teacher)  # KL(P_t || P_s), tau 0.05, diagonal excluded
+        >>> literal = similarity_kl(student, teacher, **LITERAL_FORM)
+        >>> loss.shape, literal.shape
+        (torch.Size([]), torch.Size([]))
     """
     _check_temperature(temperature)
     _check_direction(direction)
@@ -140,6 +148,8 @@ def similarity_kl(
         raise ValueError("student and teacher are empty: need at least one row")
     if (student_candidates is None) != (teacher_candidates is None):
         raise ValueError("give both student_candidates and teacher_candidates, or neither")
+    if exclude_diagonal is None:
+        exclude_diagonal = student_candidates is None
     if student_candidates is None:
         student_candidates, teacher_candidates = student, teacher
     else:
@@ -201,9 +211,10 @@ class SimilarityKLLoss(EmbeddingLoss):
     - two text columns (anchor, paired): each anchor's similarities to the paired column (E C^T);
       ``labels`` [B, 2, d_t] hold the teacher embeddings of both columns.
 
-    ``exclude_diagonal`` removes each sentence's self-similarity in the one-column form (the
-    recommended setting, see :func:`similarity_kl`); in the two-column form the diagonal is the
-    anchor's own pair, not a self-similarity, and is always kept. ``mini_batch_size`` runs the loss
+    The defaults are those of :func:`similarity_kl` (KL(P_t || P_s), tau 0.05, diagonal excluded);
+    ``SimilarityKLLoss(model, **LITERAL_FORM)`` is the paper's printed form. ``exclude_diagonal``
+    removes each sentence's self-similarity in the one-column form; in the two-column form the
+    diagonal is the anchor's own pair, not a self-similarity, and is always kept. ``mini_batch_size`` runs the loss
     on sentence-transformers' GradCache engine (``CachedLossMixin``), so the batch is not bounded by
     activation memory; without it the model embeds the whole batch at once. With torch.distributed
     initialised and ``gather_across_devices``, the columns span the global batch and each rank

@@ -26,6 +26,7 @@ from unime.choices import (
     ALIGN_TUNING,
     CACHE_DTYPES,
     DIRECTIONS,
+    INPUT_STYLES,
     LR_SCHEDULERS,
     NEGATIVE_MODES,
     SAMPLING,
@@ -252,9 +253,12 @@ class TuneRecipe(TrainRecipe):
 
     With ``scope: all`` and no ``lora_target_regex``, LoRA adapts every linear layer of the MLLM
     (peft's ``all-linear``: vision tower, projector and LLM, not the output head).
-    ``exclude_duplicates`` and ``explicit_negatives`` go beyond the official loss: the paper does
-    not say, and its margin rule cannot catch copies of the positive (their similarity equals the
-    positive's), so without ``exclude_duplicates`` the loss floors at ln(k + 1) on such batches.
+    ``exclude_duplicates`` and ``explicit_negatives`` go beyond the official loss (``loss.py``
+    mines the in-batch positives only, copies included): the paper does not say, and its margin rule
+    cannot catch copies of the positive (their similarity equals the positive's), so without
+    ``exclude_duplicates`` the loss floors at ln(k + 1) on such batches. ``input_format: raw`` (the
+    default) trains on the rows as VLM2Vec's training and MMEB evaluation feed them (the
+    released checkpoints are evaluated that way); ``prompted`` keeps the model's joint prompt.
     """
 
     scope: str = setting("all", "adapt the whole MLLM (all) or the language model alone (llm)", choices=SCOPES)
@@ -278,14 +282,21 @@ class TuneRecipe(TrainRecipe):
                                                        "its share of batches")
     sampling: str = setting("proportional", "order of the data sets' batches", choices=SAMPLING)
     skip_bad_rows: bool = setting(False, "leave out and count bad rows instead of stopping at the first")
-    explicit_negatives: bool = setting(True, "add the data's neg_text / neg_image_path to the candidates")
-    image_size: int | None = setting(336, "square resize of every image before the processor, saved with the "
-                                     "model (0: the processor's own size)", null_flag=0)
+    explicit_negatives: bool = setting(True, "add the data's neg_text / neg_image_path to the candidates (beyond "
+                                       "the official loss, which mines in-batch positives only)")
+    input_format: str = setting("raw", "how MMEB-train rows reach the model: raw (the data's text with the "
+                                "instruction in it, <|image_1|> as the bare image token, no chat template or summary "
+                                "prompt: VLM2Vec's training and the MMEB evaluation protocol) or prompted (the "
+                                "model's joint prompt, the unime MMEB protocol)", choices=INPUT_STYLES)
+    image_size: int | None = setting(336, "square resize of every training image before the processor, recorded "
+                                     "with the model but not applied at inference (0: the processor's own size)",
+                                     null_flag=0)
     temperature: float = setting(0.02, "InfoNCE temperature")
     num_hard_negatives: int = setting(8, "k negatives per query")
     false_negative_margin: float = setting(0.1, "drop candidates scoring above the positive + margin")
     negatives: str = setting("hard", "which negatives: the k hardest, or the ablations", choices=NEGATIVE_MODES)
-    exclude_duplicates: bool = setting(True, "never use a candidate identical to the positive as its negative")
+    exclude_duplicates: bool = setting(True, "never use a candidate identical to the positive as its negative "
+                                       "(beyond the official loss)")
     gather_across_devices: bool = setting(True, "mine the negatives from the global batch of all ranks")
     deepspeed: str | None = setting(None, "DeepSpeed JSON config, a path or a packaged name (deepspeed-zero2); "
                                     "needs --mini-batch-size 0")
@@ -294,6 +305,7 @@ class TuneRecipe(TrainRecipe):
         super().__post_init__()
         check_choice("sampling", self.sampling, SAMPLING)
         check_choice("negatives", self.negatives, NEGATIVE_MODES)
+        check_choice("input_format", self.input_format, INPUT_STYLES)
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature!r}")
         if not isinstance(self.false_negative_margin, (int, float)) or math.isnan(self.false_negative_margin):
