@@ -50,7 +50,7 @@ def test_every_command_the_readme_runs_exists_and_parses():
         assert words[0] in commands, line
         # Every flag written in the README is one the command knows (parsing needs no files).
         parser = commands[words[0]]
-        if words[0] in ("eval", "plot"):
+        if words[0] in ("eval", "plot", "data"):
             sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
             parser = sub.choices[words[1]]
         unknown = [w for w in words if w.startswith("--") and w not in _flags(parser)]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from process_helpers import free_port
+from process_helpers import free_port, start_method
 from safetensors.torch import load_file, save_file
 
 from unime.losses import HardNegativeInfoNCELoss, SimilarityKLLoss, gather_with_grad
@@ -202,7 +202,7 @@ def two_processes(model_dir, tmp_path_factory) -> list[dict[str, torch.Tensor]]:
         args=(2, free_port(), str(model_dir), str(out_dir)),
         nprocs=2,
         join=True,
-        start_method="fork",
+        start_method=start_method(),
     )
     return [load_file(str(out_dir / f"rank{rank}.safetensors")) for rank in range(2)]
 

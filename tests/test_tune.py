@@ -225,6 +225,8 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_model_factory,
     whole = load_file(str(tune(recipe("whole")) / "model.safetensors"))
     tune(recipe("parts"), callbacks=[_stop_at(2)])
     assert sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir()) == ["checkpoint-2"]
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run; pass --resume"):
+        tune(recipe("parts"))  # a new run would mix its checkpoints with the earlier run's
     resumed = load_file(str(tune(recipe("parts", resume=True)) / "model.safetensors"))
     assert resumed.keys() == whole.keys()
     for name, tensor in whole.items():

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from PIL import Image
-from process_helpers import free_port
+from process_helpers import free_port, start_method
 from safetensors.torch import load_file, save_file
 
 from unime.losses import HardNegativeInfoNCELoss
@@ -119,7 +119,7 @@ def two_processes(setup, tmp_path_factory) -> list[dict[str, torch.Tensor]]:
     # fork: the children inherit the imported stack instead of importing it again (10 to 20 s each).
     torch.multiprocessing.start_processes(
         _worker, args=(free_port(), str(model_dir), str(image_dir), str(out_dir)), nprocs=WORLD, join=True,
-        start_method="fork",
+        start_method=start_method(),
     )
     return [load_file(str(out_dir / f"rank{rank}.safetensors")) for rank in range(WORLD)]
 

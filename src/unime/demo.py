@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from unime.demo_photos import RETRIEVAL_FILE, PhotoSizes, find_photos, photo_examples, prepare_photos
+
 logger = logging.getLogger(__name__)
 
 # Runs in the order they are trained; each starts from the model named by its ``start``.
@@ -35,8 +37,8 @@ class DemoPreset:
     """Sizes of one demo run (see :data:`PRESETS`)."""
 
     name: str
-    model: str  # "tiny" (random Qwen2-VL) or "smol" (SmolLM2-135M LLaVA-style)
-    image_size: int
+    model: str  # "tiny" (random Qwen2-VL), "smol" (SmolLM2 LLaVA, random CLIP) or "seeing" (the FastVLM default)
+    image_size: int | None  # None: the processor's own (the seeing default's 224 px)
     synth: dict[str, Any]
     distill_steps: int
     distill_batch: int
@@ -55,6 +57,8 @@ class DemoPreset:
     # tower and projector start random, so they train in full beside the LoRA adapter.
     tune_tuning: str = "lora"
     tune_full_modules: tuple[str, ...] = ()
+    # Real photos (Flickr8k) used when the folder is found (unime.demo_photos).
+    photos: PhotoSizes | None = None
 
 
 PRESETS: dict[str, DemoPreset] = {
@@ -76,6 +80,18 @@ PRESETS: dict[str, DemoPreset] = {
         distill_steps=20, distill_batch=32, distill_lr=2e-4,
         tune_steps=12, tune_batch=16, tune_mini_batch=None, tune_lr=2e-4, ablation_steps=6, bf16=True,
         ablation_eval=("sugarcrepe",), tune_full_modules=("vision_tower", "multi_modal_projector"),
+    ),
+    # The seeing default (SmolLM2-135M + ImageNet MobileNetV2 + the shipped aligned projector) at
+    # 224 px: 49 image tokens per image, so an image costs about what a 60-token text does, and the
+    # real Flickr8k photos (unime.demo_photos) join the synthetic sets.
+    "seeing": DemoPreset(
+        name="seeing", model="seeing", image_size=None,
+        synth=dict(train_per_dataset=32, eval_queries=4, eval_candidates=4, retrieval_images=8,
+                   captions_per_image=2, sugarcrepe_per_split=8, nli_rows=400, sts_pairs=60, image_size=64),
+        distill_steps=16, distill_batch=32, distill_lr=2e-4,
+        tune_steps=10, tune_batch=16, tune_mini_batch=None, tune_lr=2e-4, ablation_steps=5, bf16=True,
+        ablation_eval=("photos",),
+        photos=PhotoSizes(train_images=320, dev_images=50, mmeb_queries=24, mmeb_candidates=12),
     ),
 }
 DEFAULT_PRESET = "smol"
@@ -129,7 +145,11 @@ def _similarity(model: Any, data: Path) -> Any:
     from unime.evaluation.plots import first_pairs, similarity_matrix
     from unime.evaluation.retrieval import load_retrieval
 
-    dataset = load_retrieval(data / "retrieval" / "synth_karpathy.json", data / "images", name="synth")
+    photos = data / "retrieval" / RETRIEVAL_FILE
+    if photos.is_file():
+        dataset = load_retrieval(photos, photos.parent, name="flickr8k")
+    else:
+        dataset = load_retrieval(data / "retrieval" / "synth_karpathy.json", data / "images", name="synth")
     images, captions = first_pairs(dataset, min(SIMILARITY_PAIRS, len(dataset.images)))
     return similarity_matrix(model, images, captions)
 
@@ -159,12 +179,18 @@ def _evaluate(model: Any, data: Path, batch_size: int, tasks: tuple[str, ...]) -
         metrics.update(evaluate_sugarcrepe(model, load_sugarcrepe(data / "sugarcrepe", images), batch_size))
     if "sts" in tasks:
         metrics.update(evaluate_sts(model, [load_sts(data / "text" / "sts.jsonl", name="synth")], batch_size))
+    photos = data / "retrieval" / RETRIEVAL_FILE
+    if "photos" in tasks and photos.is_file():
+        metrics.update(evaluate_retrieval(model, [load_retrieval(photos, photos.parent, name="flickr8k")], batch_size))
     return metrics
 
 
 def _build_base(preset: DemoPreset, folder: Path) -> Path:
+    from unime.default_model import DEFAULT_IMAGE_SIZE, build_default
     from unime.tiny import make_smol, make_tiny
 
+    if preset.model == "seeing":
+        return build_default(folder, image_size=preset.image_size or DEFAULT_IMAGE_SIZE)
     if preset.model == "smol":
         return make_smol(folder, image_size=preset.image_size)
     return make_tiny("qwen2_vl", folder, image_size=preset.image_size)
@@ -190,15 +216,19 @@ def _tune(preset: DemoPreset, start: Path, data: Path, out: Path, negatives: str
         mini_batch_size=preset.tune_mini_batch, learning_rate=preset.tune_lr, warmup_steps=2,
         num_hard_negatives=4, negatives=negatives, logging_steps=1, save_steps=max(steps, 1),
         lora_r=16, lora_alpha=64, lora_dropout=0.0, bf16=preset.bf16, seed=0, tuning=preset.tune_tuning,
+        # The demo evaluates every model in its saved prompts, so it trains in them too.
+        input_format="prompted",
         modules_to_save=list(preset.tune_full_modules) or None,
     )
     log = _log_recorder(out / "training_log.jsonl")
     return tune(recipe, callbacks=[log])
 
 
-def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *,
-             overwrite: bool = False) -> dict[str, dict[str, float]]:
-    """Run the demo into ``out``; returns ``{model name: metrics}`` and writes report, JSON and figures."""
+def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *, overwrite: bool = False,
+             photos: str | Path | None = None) -> dict[str, dict[str, float]]:
+    """Run the demo into ``out``; returns ``{model name: metrics}`` and writes report, JSON and figures.
+
+    ``photos``: a Flickr8k folder (see :mod:`unime.demo_photos`); by default the shared one when found."""
     from unime.environment import require_compatible
     from unime.synth import SynthConfig, generate
 
@@ -206,6 +236,7 @@ def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *,
     if preset_name not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset_name!r}")
     preset = PRESETS[preset_name]
+    photo_dir = find_photos(photos) if preset.photos else None
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -216,9 +247,15 @@ def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *,
     data = out / "data"
     step(f"generating the synthetic benchmark into {data}")
     generate(data, SynthConfig(seed=0, **preset.synth))
+    if photo_dir is not None:
+        counts = prepare_photos(photo_dir, data, preset.photos)
+        print(f"    real photos from {photo_dir}: stage-2 pairs of {counts['train_pairs']} train images, "
+              f"retrieval on {counts['retrieval_images']} dev images ({counts['retrieval_captions']} captions)")
+    elif preset.photos:
+        print("    no Flickr8k folder found (--photos DIR, or ../shared/data/flickr8k): synthetic sets only")
     step(f"building the {preset.model} model")
     models = {"base": _build_base(preset, out / "base")}
-    all_tasks = ("mmeb", "retrieval", "sugarcrepe", "sts")
+    all_tasks = ("mmeb", "retrieval", "sugarcrepe", "sts", "photos")
     results: dict[str, dict[str, float]] = {}
     matrices: list[tuple[str, Any]] = []
 
@@ -245,8 +282,21 @@ def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *,
         step(f"evaluating {name}")
         evaluate(name, preset.ablation_eval if ablation else all_tasks)
     step("writing the report and figures")
-    _write_outputs(out, preset, results, models, matrices)
+    next_tokens = _next_tokens(models, data) if preset.model == "seeing" and photo_dir is not None else None
+    _write_outputs(out, preset, results, models, matrices, next_tokens)
     return results
+
+
+# The paper's next-token analysis: these models, on this many dev photos.
+NEXT_TOKEN_MODELS = ("base", "stage 1+2")
+NEXT_TOKEN_IMAGES = 3
+
+
+def _next_tokens(models: dict[str, Path], data: Path) -> tuple[list[str], list[tuple[str, Any]]]:
+    from unime.evaluation.next_token import next_token_topk
+
+    images = photo_examples(data, NEXT_TOKEN_IMAGES)
+    return images, [(name, next_token_topk(models[name], images)) for name in NEXT_TOKEN_MODELS]
 
 
 # What the demo prints after each evaluation (the full set goes to results.json and report.md).
@@ -257,6 +307,8 @@ HEADLINE_METRICS = {
     "sugarcrepe/swap/accuracy": "Swap",
     "sugarcrepe/add/accuracy": "Add",
     "sts/synth/spearman": "STS",
+    "retrieval/flickr8k/i2t_R@1": "Flickr8k I2T R@1",
+    "retrieval/flickr8k/t2i_R@1": "T2I R@1",
 }
 
 
@@ -274,11 +326,11 @@ def quiet_libraries() -> None:
 
 
 def _write_outputs(out: Path, preset: DemoPreset, results: dict[str, dict[str, float]],
-                   models: dict[str, Path], matrices: list[tuple[str, Any]]) -> None:
+                   models: dict[str, Path], matrices: list[tuple[str, Any]], next_tokens: Any = None) -> None:
     from unime.demo_report import demo_figures, demo_markdown
 
     (out / "results.json").write_text(json.dumps({"preset": asdict(preset), "results": results}, indent=2) + "\n")
-    figures = demo_figures(out, models, matrices)
+    figures = demo_figures(out, models, matrices, next_tokens)
     logs = {name: folder / "training_log.jsonl" for name, folder in models.items()}
     report = demo_markdown(preset.name, results, figures, logs, preset.synth)
     (out / "report.md").write_text(report, encoding="utf-8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,13 @@ def demo_markdown(preset: str, results: Mapping[str, Mapping[str, float]], figur
     lines += ["## MMEB-style precision@1", ""]
     lines += _table(["Model"] + [title for _, title in MMEB_COLUMNS],
                     [[m] + [_cell(results[m], f"mmeb/{key}/precision@1") for key, _ in MMEB_COLUMNS] for m in models])
+    if any("retrieval/flickr8k/i2t_R@1" in results[m] for m in models):
+        lines += ["", "## Real photos: Flickr8k dev subset (R@K) and its MMEB-style sets (precision@1)", ""]
+        keys = [f"retrieval/flickr8k/{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
+        lines += _table(["Model", "I2T R@1", "R@5", "R@10", "T2I R@1", "R@5", "R@10", "MMEB i2t", "MMEB t2i"],
+                        [[m] + [_cell(results[m], key) for key in keys]
+                         + [_cell(results[m], f"mmeb/Flickr8k_{d}/precision@1") for d in ("i2t", "t2i")]
+                         for m in models])
     lines += ["", "## Zero-shot retrieval (R@1), compositionality (SugarCrepe accuracy), STS (Spearman)", ""]
     lines += _table(
         ["Model", "I2T", "T2I", "Replace", "Swap", "Add", "STS"],
@@ -69,20 +77,30 @@ def demo_markdown(preset: str, results: Mapping[str, Mapping[str, float]], figur
             rows.append([label, f"{loss:.3f}", f"{grad:.3g}", f"{100 * fn_rate:.1f}", f"{100 * dup_rate:.1f}",
                          _cell(results[name], "mmeb/overall/precision@1"),
                          _cell(results[name], "sugarcrepe/replace/accuracy"),
-                         _cell(results[name], "sugarcrepe/swap/accuracy")])
+                         _cell(results[name], "sugarcrepe/swap/accuracy"),
+                         _cell(results[name], "retrieval/flickr8k/i2t_R@1"),
+                         _cell(results[name], "retrieval/flickr8k/t2i_R@1")])
         lines += _table(["Negatives", "loss (2nd half)", "grad norm (2nd half)", "false neg. dropped %",
-                         "copies excluded %", "MMEB overall", "Replace", "Swap"], rows)
+                         "copies excluded %", "MMEB overall", "Replace", "Swap", "Flickr8k I2T R@1", "T2I R@1"], rows)
     if figures:
         lines += ["", "## Figures", ""] + [f"![{title}]({path})" for title, path in figures.items()]
     return "\n".join(lines) + "\n"
 
 
-def demo_figures(out: Path, models: Mapping[str, Path], matrices: Sequence[tuple[str, np.ndarray]]) -> dict[str, str]:
-    """The cross-modal similarity matrices (computed while evaluating) and the negative-type training
-    curves, as PNG files in ``out``; returns {title: file name}."""
+def demo_figures(out: Path, models: Mapping[str, Path], matrices: Sequence[tuple[str, np.ndarray]],
+                 next_tokens: Any = None) -> dict[str, str]:
+    """The cross-modal similarity matrices (computed while evaluating), the negative-type training
+    curves and, given ``(images, [(model, top-k per image)])``, the next-token analysis, as PNG files in
+    ``out``; returns {title: file name}."""
     from unime.evaluation.plots import plot_similarity, plot_training, read_training_log
 
     figures: dict[str, str] = {}
+    if next_tokens is not None:
+        from unime.evaluation.next_token import plot_next_tokens
+
+        images, topk = next_tokens
+        plot_next_tokens(topk, images, out / "next_tokens.png")
+        figures["Top next tokens after the image prompt (the one-word summary the embedding reads)"] = "next_tokens.png"
     if matrices:
         plot_similarity(list(matrices), out / "similarity.png")
         figures["Cross-modal cosine similarity of image-caption pairs"] = "similarity.png"

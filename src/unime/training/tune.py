@@ -61,12 +61,17 @@ def world_size() -> int:
 
 
 def prepare_model(model: Any, recipe: TuneRecipe) -> None:
-    """Joint mode (one sequence per input, as MMEB) and the training image size, saved with the model."""
+    """Joint mode (one sequence per input, as MMEB) and the training image size, saved with the
+    model; the rows are fed in the recipe's ``input_format`` with images resized to ``image_size``.
+    The format is not saved: the trained model embeds with its prompts and the processor's own image
+    size until a protocol asks otherwise (the MMEB evaluation's VLM2Vec protocol is the raw format)."""
     from unime.config import UniMEConfig
+    from unime.formats import training_format
 
     config = model[0].unime_config
     model[0].unime_config = UniMEConfig.from_dict({**config.to_dict(), "mode": "joint",
                                                    "image_size": recipe.image_size})
+    model.set_input_format(training_format(recipe.input_format, recipe.image_size))
 
 
 def check_batchable(data: Any, recipe: TuneRecipe) -> None:
@@ -127,11 +132,13 @@ def tune(recipe: TuneRecipe, *, callbacks: list[Any] | None = None) -> Path:
     from unime.training.adapters import apply_tuning, load_for_tuning
     from unime.training.mmeb_data import load_mmeb_train
     from unime.training.saving import save_final
-    from unime.training.trainer import last_checkpoint, seed_everything
+    from unime.training.trainer import resume_checkpoint, seed_everything
 
     recipe.require_inputs()
     require_compatible()
     check_launch(recipe)
+    # Before anything is loaded: a folder with checkpoints of an earlier run needs --resume.
+    checkpoint = resume_checkpoint(recipe)
     data = load_mmeb_train(recipe.data, recipe.image_root, datasets=recipe.datasets, split=recipe.split,
                            max_rows_per_dataset=recipe.max_rows_per_dataset, skip_bad_rows=recipe.skip_bad_rows,
                            explicit_negatives=recipe.explicit_negatives)
@@ -146,9 +153,8 @@ def tune(recipe: TuneRecipe, *, callbacks: list[Any] | None = None) -> Path:
                  targets if recipe.tuning != "full" else None,
                  recipe.modules_to_save if recipe.tuning != "full" else None)
     trainer = build_trainer(model, data, recipe, callbacks)
-    checkpoint = last_checkpoint(recipe.checkpoint_dir()) if recipe.resume else None
-    if recipe.resume:
-        logger.info("resuming from %s", checkpoint or "scratch (no complete checkpoint yet)")
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
     output = save_final(model, recipe.output_dir, STAGE, recipe)
     if trainer.is_world_process_zero():
