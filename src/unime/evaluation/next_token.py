@@ -24,14 +24,12 @@ def next_token_topk(model: str | Path, images: Sequence[str], *, k: int = 8, bat
                     image_size: int | None = None) -> list[TopK]:
     """For each image, the ``k`` most likely next tokens after the model's image prompt, with probabilities."""
     from unime.inputs import load_image
-    from unime.training.captioning import load_captioner
+    from unime.training.captioning import left_padded, load_captioner
 
     captioner = load_captioner(model)
     config, tokenizer = captioner.embedder.unime_config, captioner.tokenizer
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # the last position is every row's prompt end
-    captioner.model.eval()
     results: list[TopK] = []
-    try:
+    with left_padded(captioner):  # the last position is every row's prompt end
         for start in range(0, len(images), batch_size):
             chunk = [load_image(path, f"image {start + i}", image_size)
                      for i, path in enumerate(images[start:start + batch_size])]
@@ -42,8 +40,6 @@ def next_token_topk(model: str | Path, images: Sequence[str], *, k: int = 8, bat
             top = probs.topk(k, dim=-1)
             for values, ids in zip(top.values.tolist(), top.indices.tolist(), strict=True):
                 results.append([(tokenizer.decode([i]), p) for i, p in zip(ids, values, strict=True)])
-    finally:
-        tokenizer.padding_side = side
     return results
 
 
@@ -52,7 +48,7 @@ def plot_next_tokens(models: Sequence[tuple[str, list[TopK]]], images: Sequence[
     """A grid: one row per image (the photo, then one bar chart of its top-k tokens per model)."""
     from PIL import Image
 
-    from unime.evaluation.plots import _pyplot
+    from unime.evaluation.plots import _pyplot, save_figure
 
     plt = _pyplot()
     rows, cols = len(images), 1 + len(models)
@@ -69,9 +65,4 @@ def plot_next_tokens(models: Sequence[tuple[str, list[TopK]]], images: Sequence[
             axis.tick_params(axis="x", labelsize=7)
             if row == 0:
                 axis.set_title(label, fontsize=9)
-    figure.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output, dpi=110)

@@ -74,6 +74,16 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(figure: Any, output: str | os.PathLike[str], dpi: int = 120) -> Path:
+    """Lay out, write (making the folder) and close a figure; returns the file's path."""
+    figure.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=dpi)
+    _pyplot().close(figure)
+    return output
+
+
 def plot_similarity(matrices: Sequence[tuple[str, np.ndarray]], output: str | os.PathLike[str]) -> Path:
     """Heat maps of several models' similarity matrices side by side, each with its own colour bar."""
     if not matrices:
@@ -86,12 +96,7 @@ def plot_similarity(matrices: Sequence[tuple[str, np.ndarray]], output: str | os
         axis.set_xlabel("caption")
         axis.set_ylabel("image")
         figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-    figure.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output)
 
 
 @dataclass
@@ -153,9 +158,4 @@ def plot_training(logs: Sequence[TrainingLog], output: str | os.PathLike[str]) -
         if name == "grad_norm" and any(v > 0 for log in logs for _, v in log.series[name]):
             axis.set_yscale("log")
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output)

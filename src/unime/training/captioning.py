@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,19 @@ class CaptionCollator:
         return {**batch, **features}
 
 
+@contextmanager
+def left_padded(captioner: Captioner) -> Iterator[None]:
+    """The captioner in eval mode with its tokenizer padding on the left (every row's prompt ends at the
+    last position), the padding side restored afterwards."""
+    tokenizer = captioner.tokenizer
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    captioner.model.eval()
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+
+
 @torch.inference_mode()
 def generate_captions(
     model: str | Path | Captioner,
@@ -220,10 +234,8 @@ def generate_captions(
     fmt, tokenizer = captioner.caption_format(prompt), captioner.tokenizer
     stop_ids = sorted({tokenizer.convert_tokens_to_ids(fmt.end_token), tokenizer.eos_token_id} - {None})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues every row's end
-    captioner.model.eval()
     captions: list[str] = []
-    try:
+    with left_padded(captioner):  # generation continues every row's end
         for start in range(0, len(images), batch_size):
             chunk = [load_image(image, f"image {start + i}", image_size)
                      for i, image in enumerate(images[start : start + batch_size])]
@@ -233,6 +245,4 @@ def generate_captions(
                                               eos_token_id=stop_ids, pad_token_id=pad_id)
             new = output[:, features["input_ids"].shape[1]:]
             captions.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
     return captions
