@@ -193,3 +193,12 @@ def test_a_conflict_fails_env_and_the_training_stages_before_loading_anything(mo
         err = capsys.readouterr().err
         assert "incompatible packages installed" in err and "transformers>=5.20,<5.24" in err, argv
         assert not (tmp_path / "d").exists() and not (tmp_path / "t").exists()
+
+
+def test_demo_offers_the_library_presets_and_defaults_to_the_seeing_model():
+    from unime.demo import DEFAULT_PRESET, PRESETS
+
+    action = next(a for a in _subcommands()["demo"]._actions if "--preset" in a.option_strings)
+    assert set(action.choices) == set(PRESETS)
+    assert action.default == DEFAULT_PRESET == "seeing"
+    assert cli.build_parser().parse_args(["demo"]).preset == "seeing"

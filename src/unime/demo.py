@@ -94,7 +94,7 @@ PRESETS: dict[str, DemoPreset] = {
         photos=PhotoSizes(train_images=320, dev_images=50, mmeb_queries=24, mmeb_candidates=12),
     ),
 }
-DEFAULT_PRESET = "smol"
+DEFAULT_PRESET = "seeing"
 
 
 class _Step:

