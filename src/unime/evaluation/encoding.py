@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from unime.evaluation.common import EvalInput, input_key
+from unime.integrity import CorruptFileError, check_file, file_entry, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ class CachedEncoder:
         cache_dir: folder for ``chunk-*.safetensors`` files (``keys``: sha1 of each input's
             canonical key, ``embeddings``: its row); None keeps everything in memory.
         model_id: written to the folder's manifest; a cache written for another model is refused
-            rather than silently mixed.
+            rather than silently mixed. The manifest also records each chunk's size and SHA-256 once
+            it is renamed into place: a chunk that does not match is named (``CorruptFileError``),
+            never read; one not recorded (a kill between its rename and its record) is encoded again.
         distributed: shard each chunk over the torch.distributed ranks; None means "if a process
             group with more than one rank is initialised".
         chunk_size: inputs per chunk: the unit of resumption and of the exchange between ranks.
@@ -145,6 +148,8 @@ class CachedEncoder:
         self.encoded = 0  # inputs this process sent to the model itself, for logs and tests
         self._chunks: list[np.ndarray] = []
         self._where: dict[bytes, tuple[int, int]] = {}
+        self._files: dict[str, Any] | None = {}  # chunk file -> size and SHA-256, as in the manifest
+        self._next_file = 0  # number of the next chunk file written
         if self.cache_dir is not None:
             self._open_cache()
 
@@ -154,15 +159,44 @@ class CachedEncoder:
         assert self.cache_dir is not None
         manifest_path = self.cache_dir / _MANIFEST
         if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            try:
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            except ValueError as error:
+                raise CorruptFileError(manifest_path, f"not valid JSON ({error})",
+                                       "delete the folder (or pass --overwrite) to encode again") from None
             if manifest.get("model_id") != self.model_id:
                 raise ValueError(
                     f"{self.cache_dir}: cached embeddings belong to model '{manifest.get('model_id')}', "
                     f"not '{self.model_id}'; choose another output folder or start afresh (--overwrite)"
                 )
+            # None: a cache written before chunks were recorded, read unverified.
+            self._files = manifest.get("chunks")
+            if self._files is None:
+                logger.warning("%s records no chunk digests (written by an older unime): its chunks cannot "
+                               "be verified", self.cache_dir)
+        advice = "delete it (or pass --overwrite) to encode its inputs again"
+        for name in sorted(self._files or {}):
+            if not (self.cache_dir / name).is_file():
+                logger.warning("%s: recorded in the manifest but deleted; its inputs are encoded again",
+                               self.cache_dir / name)
+                del self._files[name]
         for path in sorted(self.cache_dir.glob("chunk-*.safetensors")):
-            tensors = load_file(str(path))
-            self._add_chunk(tensors["keys"], tensors["embeddings"])
+            if self._files is not None:
+                if path.name not in self._files:
+                    # Renamed into place, then killed before being recorded: encoded again.
+                    logger.info("%s: not recorded in the manifest, encoding its inputs again", path)
+                    continue
+                check_file(path, self._files[path.name], advice)
+            try:
+                tensors = load_file(str(path))
+                keys, embeddings = tensors["keys"], tensors["embeddings"]
+            except Exception as error:  # safetensors raises its own error types for damaged headers
+                raise CorruptFileError(path, f"not a readable embedding chunk ({error})", advice) from None
+            if keys.ndim != 2 or keys.shape[1] != 20 or embeddings.ndim != 2 or len(keys) != len(embeddings):
+                raise CorruptFileError(path, f"keys {keys.shape} and embeddings {embeddings.shape} do not match",
+                                       advice)
+            self._add_chunk(keys, embeddings)
+            self._next_file = max(self._next_file, int(path.stem.split("-")[-1]) + 1)
         if self._chunks:
             logger.info("%s: %d cached embeddings", self.cache_dir, len(self._where))
 
@@ -179,14 +213,19 @@ class CachedEncoder:
         if not is_main_process():
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        manifest = self.cache_dir / _MANIFEST
-        if not manifest.is_file():
-            manifest.write_text(json.dumps({"model_id": self.model_id}) + "\n", encoding="utf-8")
-        target = self.cache_dir / f"chunk-{len(self._chunks) - 1:05d}.safetensors"
-        # Write then rename, so an interruption never leaves a truncated chunk behind.
+        # After the last chunk read: a chunk deleted from the middle never makes a later one overwritten.
+        target = self.cache_dir / f"chunk-{self._next_file:05d}.safetensors"
+        self._next_file += 1
+        # Write then rename, so an interruption never leaves a truncated chunk behind; then record its
+        # digest in the manifest (renamed into place too), so a chunk damaged later is named, not read.
         partial = target.with_suffix(".partial")
         save_file({"keys": keys, "embeddings": embeddings}, str(partial))
         os.replace(partial, target)
+        if self._files is None:  # an older cache: its chunks are recorded as they are now
+            self._files = {path.name: file_entry(path) for path in sorted(self.cache_dir.glob("chunk-*.safetensors"))
+                           if path != target}
+        self._files[target.name] = file_entry(target)
+        write_json_atomic(self.cache_dir / _MANIFEST, {"model_id": self.model_id, "chunks": self._files})
 
     def _encode_shared(self, items: list[EvalInput], batch_size: int, show_progress_bar: bool) -> np.ndarray:
         """Embed ``items`` on this rank alone, or each rank its contiguous shard, then exchange."""

@@ -33,6 +33,7 @@ from unime.evaluation.mmeb import (
     summarize_mmeb,
     using_protocol,
 )
+from unime.integrity import CorruptFileError, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,12 @@ def _barrier() -> None:
 def _cached_score(path: Path, fingerprint: str) -> float | None:
     if not path.is_file():
         return None
-    stored = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        float(stored["precision@1"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CorruptFileError(path, f"not a readable result ({error})",
+                               "delete it (or pass --overwrite) to score the dataset again") from None
     if stored.get("fingerprint") != fingerprint:
         logger.info("%s is stale (other model or data): scoring again", path)
         return None
@@ -171,5 +177,5 @@ def run_mmeb(
             record = {"dataset": name, "precision@1": scores[name], "fingerprint": fingerprint,
                       "protocol": protocol.describe(model) if protocol is not None else None}
             store.mkdir(parents=True, exist_ok=True)
-            (store / RESULT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+            write_json_atomic(store / RESULT_FILE, record)
     return summarize_mmeb(scores, groups)

@@ -23,7 +23,8 @@ def save_final(model: Any, output_dir: str | Path, stage_name: str, recipe: Trai
     The stage joins ``model[0].unime_config.stages``. With ``recipe.merge`` (the default) an adapter
     is folded into the weights first (a 4-bit model is reloaded unquantised for that). Everything is
     written into a temporary folder beside ``output_dir`` and moved in, ``modules.json`` last: a
-    folder that loads is a complete one, also when the run is killed during the save. Checkpoints in
+    folder that loads is a complete one, also when the run is killed during the save (whose temporary
+    folder the next save removes). Checkpoints in
     ``output_dir/checkpoints`` are left alone. Only the main process writes.
     """
     output_dir = Path(output_dir)
@@ -38,6 +39,9 @@ def save_final(model: Any, output_dir: str | Path, stage_name: str, recipe: Trai
     if int(os.environ.get("RANK", "0")) != 0:
         return output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.parent.glob(f".{output_dir.name}.*"):
+        if stale.is_dir():  # the staging folder of a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save(str(staging))

