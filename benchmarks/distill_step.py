@@ -19,27 +19,11 @@ from typing import Any
 
 import torch
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
-from transformers import TrainerCallback
+from step_timer import StepTimer
 
 from unime.training.distill import DistillRecipe, build_trainer
 from unime.training.teacher_cache import load_teacher, resolve_teacher
 from unime.training.text_data import read_sentences
-
-
-class StepTimer(TrainerCallback):
-    """Wall time between the ends of consecutive optimiser steps."""
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.ends = [time.perf_counter()]
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
-
-    def step_times(self) -> list[float]:
-        return [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
 
 
 @dataclass

@@ -120,6 +120,17 @@ def test_embeddings_equal_a_hand_written_forward_with_last_token_pooling(tiny_mo
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_a_model_loaded_in_bf16_embeds_images_close_to_fp32(tiny_model_factory, images, family):
+    # The processors return float32 pixels; a bf16 model must take them (FastVLM does not cast itself).
+    folder = str(tiny_model_factory(family))
+    inputs = ["a dog", images[0], {"text": "what colour?", "image": images[1]}]
+    full = unime.load(folder).encode(inputs, batch_size=3)
+    half = unime.load(folder, dtype="bfloat16").encode(inputs, batch_size=3)
+    assert half.dtype == np.float32
+    assert (full * half).sum(axis=1).min() > 0.98
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_left_and_right_padding_give_the_same_embedding(tiny_model_factory, images, family):
     model = unime.load(str(tiny_model_factory(family)))
     inputs = ["short", "a considerably longer sentence that needs many more tokens", images[0]]

@@ -29,6 +29,7 @@ from unime.backbones import Backbone, get_backbone
 from unime.config import CONTENT_SLOT, MMEB_IMAGE_PLACEHOLDER, TEXT_SLOT, UniMEConfig
 from unime.formats import PROMPTED, InputFormat
 from unime.inputs import EmbedInput, load_image, to_input
+from unime.model_names import check_model_name
 from unime.processors import image_processor_settings, pad_samples
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def read_model_type(name_or_path: str, trust_remote_code: bool = False) -> str:
     """The ``model_type`` of a model folder, hub id or LoRA adapter folder, without loading weights."""
+    check_model_name(str(name_or_path), option="model")
     path = Path(name_or_path)
     if path.is_dir():
         adapter = path / "adapter_config.json"
@@ -129,6 +131,16 @@ class UniMETransformer(Transformer):
                 ):
                     module.eval()
         return self
+
+    def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        # A model loaded in bf16/fp16 gets its pixel tensors in that dtype: the processors return
+        # float32, and not every architecture casts them itself (FastVLM's MobileNetV2 tower does not).
+        dtype = self.model.dtype
+        if dtype in (torch.bfloat16, torch.float16):
+            kwargs = {**{key: value.to(dtype) for key, value in features.items()
+                         if torch.is_tensor(value) and value.is_floating_point() and value.dtype != dtype},
+                      **kwargs}
+        return super().forward(features, **kwargs)
 
     @property
     def unime(self) -> dict[str, Any]:
@@ -460,6 +472,7 @@ def load_model(
     """See :func:`unime.load`."""
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    check_model_name(str(name_or_path), option="model")
     path = Path(name_or_path)
     if (path / "modules.json").is_file():
         modules = json.loads((path / "modules.json").read_text())
