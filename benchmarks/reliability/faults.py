@@ -17,14 +17,18 @@ each command:
    - ``before-replace`` / ``after-replace``: the child kills itself with SIGKILL just before / just
      after its k-th ``os.replace`` (a complete temporary file not yet renamed; a file renamed but not
      yet recorded in its manifest);
-   - ``staging``: the moment a checkpoint staging folder (``checkpoints/.staging``) or a save's temporary
-     folder appears (distill, tune), i.e. during the checkpoint write;
+   - ``staging``: while the j-th checkpoint (or the final save) of that start is being written, i.e. the
+     moment its staging folder (``checkpoints/.staging``, ``.out.XXXX``) appears (distill, tune);
+   - ``final-save``: the moment the final save's temporary folder appears (distill, tune): resumed,
+     the run is past ``max_steps`` and must train nothing more;
 
 3. corruption: a byte flipped in (or the truncation of) a checkpoint's adapter file, a teacher-cache
    shard, an evaluation cache chunk and a stored result; the command run again must fail naming that file.
 
 Comparisons: weights ``torch.allclose(rtol=1e-5, atol=1e-6)`` per tensor (the maximum absolute
-difference is reported), teacher caches and evaluation scores exactly equal.
+difference is reported; a constant learning rate, so that a step too many would show), the
+checkpoints and their steps, teacher caches and evaluation scores exactly equal; no temporary file or
+folder left behind.
 
 Runs are forked from this process after the heavy imports (``--launcher fork``, the default: a
 kill costs no interpreter start-up) or started as fresh interpreters (``--launcher exec``); both run
@@ -64,7 +68,9 @@ from typing import Any  # noqa: E402
 
 RTOL, ATOL = 1e-5, 1e-6
 COMMANDS = ("teacher-embed", "distill", "tune", "eval-mmeb")
-KINDS = ("time", "before-replace", "after-replace", "staging")
+# In the order a short plan takes them.
+KINDS = ("final-save", "staging", "before-replace", "after-replace", "time")
+FILE_KINDS = ("before-replace", "after-replace", "time")
 ATTEMPT_TIMEOUT_S = 300
 POLL_S = 0.003
 _TMP_MARKERS = (".tmp", ".partial", ".staging")
@@ -221,11 +227,10 @@ def commands(paths: dict[str, Path]) -> list[Command]:
     eval_sets = sorted(p.name for p in paths["eval"].iterdir() if p.is_dir())[:3]
     training = ["--batch-size", "4", "--learning-rate", "1e-2", "--warmup-steps", "1", "--lora-r", "4",
                 "--lora-alpha", "8", "--save-steps", "1", "--logging-steps", "1", "--seed", "7", "--no-merge",
-                "--no-bf16"]
+                "--no-bf16", "--lr-scheduler", "constant"]  # constant: a step too many would change the weights
     return [
         Command("teacher-embed", ["teacher-embed", "--data", str(paths["nli"]), "--output", "{out}",
-                                  "--shard-size", "6", "--batch-size", "3"], [], "cache",
-                ("time", "before-replace", "after-replace")),
+                                  "--shard-size", "6", "--batch-size", "3"], [], "cache", FILE_KINDS),
         Command("distill", ["distill", "--model", str(paths["llava"]), "--data", str(paths["nli"]),
                             "--output-dir", "{out}", "--max-steps", "6", "--teacher-batch-size", "8",
                             *training], ["--resume"], "weights+cache", KINDS),
@@ -237,7 +242,7 @@ def commands(paths: dict[str, Path]) -> list[Command]:
                               "--image-dir", str(paths["images"]), "--datasets", *eval_sets, "--output",
                               "{out}/mmeb.json", "--groups", str(paths["splits"]), "--batch-size", "4",
                               "--chunk-size", "4", "--protocol", "unime", "--no-progress"], [], "report",
-                ("time", "before-replace", "after-replace")),
+                FILE_KINDS),
     ]
 
 
@@ -281,14 +286,23 @@ def compare(command: Command, reference: Path, out: Path) -> dict[str, Any]:
             diff = max(float((ref[k].float() - got[k].float()).abs().max()) for k in ref)
             close = all(torch.allclose(got[k].float(), ref[k].float(), rtol=RTOL, atol=ATOL) for k in ref)
             result.update(weights_equal=close, max_abs_diff=diff)
+        steps = [_checkpoint_steps(p / "checkpoints") for p in (reference, out)]
+        result.update(steps_equal=steps[0] == steps[1], steps=steps[1])
     if "cache" in command.artefacts:
         folder = "teacher-cache" if command.name == "distill" else "."
         result["cache_equal"] = _caches_equal(_cache(reference / folder), _cache(out / folder))
     if command.artefacts == "report":
         ref, got = (json.loads((p / "mmeb.json").read_text())["metrics"] for p in (reference, out))
         result["report_equal"] = ref == got
-    result["ok"] = all(result.get(k, True) for k in ("weights_equal", "cache_equal", "report_equal"))
+    result["ok"] = all(result.get(k, True) for k in ("weights_equal", "steps_equal", "cache_equal", "report_equal"))
     return result
+
+
+def _checkpoint_steps(folder: Path) -> list[tuple[str, int]]:
+    """Each checkpoint's name and the step its trainer state records (a run that trained past its
+    ``max_steps`` on resume shows here even where the learning rate had reached 0)."""
+    return [(p.name, json.loads((p / "trainer_state.json").read_text())["global_step"])
+            for p in sorted(folder.glob("checkpoint-*"))]
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -309,16 +323,22 @@ def _start(command: Command, out: Path, resume: bool, log: Path, launcher: str, 
     return Process(spec, log, launcher)
 
 
-def _staging_seen(folder: Path) -> bool:
-    """A checkpoint staging folder or a final save's temporary folder exists under ``folder``."""
+def _final_save_seen(folder: Path) -> bool:
+    """The final save's temporary folder (``.out.XXXX`` beside the output) exists."""
     try:
-        for entry in os.scandir(folder):
-            if entry.name.startswith(".") and entry.is_dir():
-                return True
-        checkpoints = folder / "out" / "checkpoints"
-        return any(e.name == ".staging" for e in os.scandir(checkpoints)) if checkpoints.is_dir() else False
+        return any(entry.name.startswith(".") and entry.is_dir() for entry in os.scandir(folder))
     except FileNotFoundError:
         return False
+
+
+def _staging_seen(folder: Path) -> bool:
+    """A checkpoint staging folder (``out/checkpoints/.staging``) or the final save's temporary folder exists."""
+    try:
+        if any(entry.name == ".staging" for entry in os.scandir(folder / "out" / "checkpoints")):
+            return True
+    except FileNotFoundError:
+        pass
+    return _final_save_seen(folder)
 
 
 def reference_run(command: Command, root: Path, launcher: str) -> dict[str, Any]:
@@ -386,7 +406,8 @@ def _attempt(command: Command, episode: Path, resume: bool, log: Path, launcher:
             now = _staging_seen(episode)
             writes += now and not seen
             seen = now
-        if (deadline is not None and elapsed >= deadline) or (kind == "staging" and writes >= wanted):
+        if ((deadline is not None and elapsed >= deadline) or (kind == "staging" and writes >= wanted)
+                or (kind == "final-save" and _final_save_seen(episode))):
             return process.kill(), True
         if elapsed > ATTEMPT_TIMEOUT_S:
             process.kill()

@@ -57,6 +57,25 @@ class AtomicCheckpointMixin:
 
     _staging_dir: str | None = None
 
+    def train(self, resume_from_checkpoint: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``, except that resuming from a checkpoint at or past ``max_steps`` (a run killed
+        after its last checkpoint, e.g. during the final save) loads that checkpoint and trains nothing:
+        the Trainer itself would run one step past ``max_steps`` (it checks the limit only after a step)."""
+        if resume_from_checkpoint and self.args.max_steps > 0 and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            from transformers.trainer_callback import TrainerState
+            from transformers.trainer_utils import TrainOutput
+
+            state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
+            if state.global_step >= self.args.max_steps:
+                logger.info("resume: %s is at step %d, max_steps %d: training is finished, loading its weights",
+                            resume_from_checkpoint, state.global_step, self.args.max_steps)
+                self._load_from_checkpoint(resume_from_checkpoint)
+                self.state = state
+                losses = [entry["train_loss"] for entry in state.log_history if "train_loss" in entry]
+                return TrainOutput(state.global_step, losses[-1] if losses else 0.0,
+                                   {"train_loss": losses[-1]} if losses else {})
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def _get_output_dir(self, trial: Any) -> str:
         return self._staging_dir or super()._get_output_dir(trial)
 
