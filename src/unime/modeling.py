@@ -29,7 +29,7 @@ from unime.backbones import Backbone, get_backbone
 from unime.config import CONTENT_SLOT, MMEB_IMAGE_PLACEHOLDER, TEXT_SLOT, UniMEConfig
 from unime.formats import PROMPTED, InputFormat
 from unime.inputs import EmbedInput, load_image, to_input
-from unime.model_names import check_model_name
+from unime.model_names import check_model_files, check_model_name
 from unime.processors import image_processor_settings, pad_samples
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def read_model_type(name_or_path: str, trust_remote_code: bool = False) -> str:
     """The ``model_type`` of a model folder, hub id or LoRA adapter folder, without loading weights."""
-    check_model_name(str(name_or_path), option="model")
+    check_model_name(str(name_or_path), option="model", files=False)
     path = Path(name_or_path)
     if path.is_dir():
         adapter = path / "adapter_config.json"
@@ -97,6 +97,7 @@ class UniMETransformer(Transformer):
                 f"{model_name_or_path}: the {family} architecture exists only as hub remote code; "
                 "load it with trust_remote_code=True (CLI: --trust-remote-code) if you trust the repository"
             )
+        check_model_files(model_name_or_path, option="model")
         # Pooling reads the last position itself, so every modality uses the same forward output.
         output = "last_hidden_state" if backbone.transformer_task == "feature-extraction" else ["hidden_states", -1]
         entry = {"method": "forward", "method_output_name": output}
@@ -472,7 +473,7 @@ def load_model(
     """See :func:`unime.load`."""
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    check_model_name(str(name_or_path), option="model")
+    check_model_name(str(name_or_path), option="model", files=False)
     path = Path(name_or_path)
     if (path / "modules.json").is_file():
         modules = json.loads((path / "modules.json").read_text())

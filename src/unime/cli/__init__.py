@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        check_model_options(args)
         result = args.func(args)
     except CLIError as error:
         print(f"unime {args.command}: error: {error}", file=sys.stderr)
@@ -67,6 +68,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unime {args.command}: error: {error}", file=sys.stderr)
         return 2
     return int(result or 0)
+
+
+def check_model_options(args: argparse.Namespace) -> None:
+    """Refuse a bad ``--model`` (or ``--teacher``) before a command reads any data: a missing path,
+    a folder that is not a model folder, a malformed hub id, or a hub id that cannot be fetched are
+    named as such (:mod:`unime.model_names`). The training stages check theirs (from flags or
+    recipe) themselves, after the environment check; teacher presets are left to the command."""
+    from unime.model_names import check_model_name, check_teacher_name
+
+    if args.command in _CHECK_THEIR_OWN_MODEL:
+        return
+    models = getattr(args, "model", None)
+    for name in [models] if isinstance(models, str) else models or []:
+        check_model_name(name, option="--model")
+    teacher = getattr(args, "teacher", None)
+    if isinstance(teacher, str):
+        check_teacher_name(teacher)
+
+
+# Commands whose model may come from a recipe: checked by TrainRecipe.check_model in their run.
+_CHECK_THEIR_OWN_MODEL = ("distill", "tune", "align")
 
 
 if __name__ == "__main__":

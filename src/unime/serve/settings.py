@@ -7,7 +7,7 @@ pixels), so a hostile request costs little more than reading it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MIB = 1024 * 1024
 
@@ -48,7 +48,8 @@ class ServeSettings:
     max_image_bytes: int = 10 * MIB
     max_image_pixels: int = 4096 * 4096
     max_body_bytes: int = 64 * MIB
-    api_key: str | None = None
+    # Kept out of repr: a logged or printed settings object (a traceback's locals) must not show it.
+    api_key: str | None = field(default=None, repr=False)
     allow_remote_images: bool = False
     remote_timeout_s: float = 10.0
 

@@ -155,6 +155,7 @@ def run_align(recipe: AlignRecipe, callbacks: list[Any] | None = None) -> Path:
 
     recipe.check_runnable()
     require_compatible()
+    recipe.check_model()
     checkpoint = resume_checkpoint(recipe)
     data = read_caption_data(recipe.data, recipe.image_root or None, captions_per_image=recipe.captions_per_image,
                              max_rows=recipe.max_rows, skip_bad_rows=recipe.skip_bad_rows)

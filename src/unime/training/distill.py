@@ -102,6 +102,7 @@ def run_distill(recipe: DistillRecipe, callbacks: list[Any] | None = None) -> Pa
     """
     recipe.check_runnable()
     require_compatible()
+    recipe.check_model()
     checkpoint = resume_checkpoint(recipe)
     trainer = build_trainer(recipe, callbacks)
     trainer.train(resume_from_checkpoint=checkpoint)

@@ -191,6 +191,13 @@ class TrainRecipe:
     def checkpoint_dir(self) -> Path:
         return Path(self.output_dir) / CHECKPOINT_SUBDIR
 
+    def check_model(self) -> None:
+        """Refuse a ``model`` that names no loadable model (a missing path, a folder without model
+        files, a hub id that cannot be fetched) before any data is read."""
+        from unime.model_names import check_model_name
+
+        check_model_name(self.model, option="--model")
+
     def require(self, *names: str) -> None:
         """Fail, naming the flags, when settings a run needs (and no default can give) are empty."""
         missing = [f"--{name.replace('_', '-')}" for name in names if not getattr(self, name)]
@@ -244,6 +251,15 @@ class DistillRecipe(TrainRecipe):
 
     def cache_dir(self) -> Path:
         return Path(self.cache) if self.cache else Path(self.output_dir) / CACHE_SUBDIR
+
+    def check_model(self) -> None:
+        """The student, and a teacher given as a folder or hub id when its cache is still to be
+        built (a teacher cache that exists already is checked against the teacher by itself)."""
+        from unime.model_names import check_teacher_name
+
+        super().check_model()
+        if not self.cache_dir().is_dir():
+            check_teacher_name(self.teacher)
 
 
 @dataclass

@@ -97,11 +97,14 @@ def load_teacher(spec: TeacherSpec, *, trust_remote_code: bool = False, device: 
     """The teacher as a SentenceTransformer. Remote code runs only when the user allows it."""
     from sentence_transformers import SentenceTransformer
 
+    from unime.model_names import SENTENCE_TRANSFORMER, check_model_name
+
     if spec.remote_code and not trust_remote_code:
         raise ValueError(
             f"teacher {spec.name!r} ({spec.model}) runs hub remote code; allow it with --trust-remote-code "
             "(recipe: trust_teacher_code: true) if you trust that repository"
         )
+    check_model_name(spec.model, option="teacher", kind=SENTENCE_TRANSFORMER)
     model = SentenceTransformer(spec.model, device=device, trust_remote_code=spec.remote_code and trust_remote_code)
     if spec.max_seq_length is not None:
         model.max_seq_length = spec.max_seq_length

@@ -137,6 +137,7 @@ def tune(recipe: TuneRecipe, *, callbacks: list[Any] | None = None) -> Path:
     recipe.require_inputs()
     require_compatible()
     check_launch(recipe)
+    recipe.check_model()
     # Before anything is loaded: a folder with checkpoints of an earlier run needs --resume.
     checkpoint = resume_checkpoint(recipe)
     data = load_mmeb_train(recipe.data, recipe.image_root, datasets=recipe.datasets, split=recipe.split,
