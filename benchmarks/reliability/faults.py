@@ -554,6 +554,20 @@ def _yes(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "NO")
 
 
+def _write_record(output: Path, args: argparse.Namespace, kills: int, rows: list[Figures], wall: float,
+                  finished: bool) -> bool:
+    """Write ``faults.json`` (after each command too, with ``finished`` false); return whether all held."""
+    ok = finished and all(not f.failures and f.kills_tried >= kills and f.kills_survived == f.kills_tried
+                          and f.corruptions_detected == f.corruptions_tried and not f.leftover_temporaries
+                          for f in rows)
+    record = {"mode": "full" if args.full else ("custom" if args.kills else "short"), "kills_per_command": kills,
+              "seed": args.seed, "launcher": args.launcher, "tolerance": {"rtol": RTOL, "atol": ATOL},
+              "wall_s": round(wall, 1), "finished": finished, "ok": ok,
+              "commands": {f.command: asdict(f) for f in rows}}
+    (output / "faults.json").write_text(json.dumps(record, indent=1) + "\n")
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -592,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             if command.name not in args.commands:
                 continue
             rows.append(run_command(command, work, kills, random.Random(rng.random()), args.launcher))
+            _write_record(output, args, kills, rows, time.monotonic() - started, finished=False)
             print(f"{command.name}: {rows[-1].kills_survived}/{rows[-1].kills_tried} kills survived, "
                   f"{rows[-1].corruptions_detected}/{rows[-1].corruptions_tried} corruptions named "
                   f"({rows[-1].wall_s:.1f} s)", flush=True)
@@ -599,12 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     wall = time.monotonic() - started
-    ok = all(not f.failures and f.kills_tried >= kills and f.kills_survived == f.kills_tried
-             and f.corruptions_detected == f.corruptions_tried and not f.leftover_temporaries for f in rows)
-    record = {"mode": "full" if args.full else ("custom" if args.kills else "short"), "kills_per_command": kills,
-              "seed": args.seed, "launcher": args.launcher, "tolerance": {"rtol": RTOL, "atol": ATOL},
-              "wall_s": round(wall, 1), "ok": ok, "commands": {f.command: asdict(f) for f in rows}}
-    (output / "faults.json").write_text(json.dumps(record, indent=1) + "\n")
+    ok = _write_record(output, args, kills, rows, wall, finished=True)
     print(table(rows))
     print(f"{'all kills survived' if ok else 'FAILURES'}; {wall:.1f} s; {output / 'faults.json'}")
     for f in rows:
