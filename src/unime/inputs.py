@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 ImageLike = Image.Image | str | os.PathLike
 
@@ -79,26 +79,26 @@ def load_image(
 ) -> Image.Image:
     """Open an image as RGB, with an error that names the item and the file when it fails.
 
-    ``resize`` is applied to the image as opened, before the RGB conversion (a protocol's resize,
+    Files are decoded by :func:`unime.images.open_image`, the decoder every command shares (format
+    from the content, first frame, EXIF orientation, a decompression-bomb limit, alpha dropped by
+    :func:`unime.images.to_rgb`); a file that cannot be used is a ValueError
+    (:class:`unime.images.ImageDecodeError`) naming ``where`` and the file. ``resize`` is applied to
+    the image as opened, before the RGB conversion (a protocol's resize,
     :class:`unime.formats.ImageResize`, as VLM2Vec applies it); ``size`` resizes the RGB image to
     a square of that many pixels (bicubic), for callers that train at a fixed size.
     """
+    from unime.images import open_image, to_rgb
+
     if isinstance(image, Image.Image):
         result = image
     else:
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"{where}: image file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                result = opened.copy()
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"{where}: cannot read image {path}: {error}") from None
+        result = open_image(path, where)
     if resize is not None:
         result = resize(result)
-    if result.mode != "RGB":
-        result = result.convert("RGB")
+    result = to_rgb(result)
     if size is not None and result.size != (size, size):
         result = result.resize((size, size), Image.BICUBIC)
     return result

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from unime.images import TOO_MANY_PIXELS, UNREADABLE, ImageDecodeError, decode_rgb
 from unime.serve.errors import APIError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -99,30 +99,23 @@ def decode_base64_image(value: str, *, param: str, max_bytes: int) -> bytes:
 
 
 def open_image(data: bytes, *, param: str, max_pixels: int) -> Image.Image:
-    """Decode image bytes to RGB after checking the pixel count announced by the header."""
+    """Decode image bytes to RGB after checking the pixel count announced by the header.
+
+    The decoding is :func:`unime.images.decode_rgb`, the one every command uses (first frame, EXIF
+    orientation, alpha dropped), so a request image embeds as the same file does in ``unime encode``.
+    """
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as error:
-        raise _too_many_pixels(param, max_pixels, str(error)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise APIError(
-            400,
-            f"{param}: not a decodable image (supported formats: {', '.join(ALLOWED_FORMATS)})",
-            param=param,
-        ) from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise _too_many_pixels(param, max_pixels, f"image is {width}x{height} = {width * height} pixels")
-    try:
-        image.load()
-        # One colour space for every source format (palette, alpha, greyscale, CMYK).
-        return image.convert("RGB")
-    except Image.DecompressionBombError as error:
-        raise _too_many_pixels(param, max_pixels, str(error)) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise APIError(
-            400, f"{param}: the image data is corrupt or truncated ({error})", param=param
-        ) from None
+        return decode_rgb(data, param, formats=ALLOWED_FORMATS, max_pixels=max_pixels)
+    except ImageDecodeError as error:
+        if error.kind == TOO_MANY_PIXELS:
+            raise _too_many_pixels(param, max_pixels, error.detail) from None
+        if error.kind == UNREADABLE:
+            raise APIError(
+                400,
+                f"{param}: not a decodable image (supported formats: {', '.join(ALLOWED_FORMATS)})",
+                param=param,
+            ) from None
+        raise APIError(400, f"{param}: {error.detail}", param=param) from None
 
 
 def _too_many_pixels(param: str, max_pixels: int, detail: str) -> APIError:
