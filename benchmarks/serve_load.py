@@ -2,7 +2,9 @@
 
 Starts the server in-process twice on loopback with the same model (once with dynamic batching,
 once with ``max_batch_size=1``), drives each with the same concurrent clients for the same time,
-and prints a markdown table of throughput and latency percentiles.
+and prints a markdown table of throughput and latency percentiles. In the same run it times the
+bare forward pass, ``model.encode`` on batches of ``--max-batch-size`` items (and of 1) of the
+same inputs, without HTTP: the limit the server's throughput approaches.
 
     python benchmarks/serve_load.py                       # a tiny random Qwen2-VL, 16 clients
     python benchmarks/serve_load.py --model PATH --duration 30 --workload image
@@ -105,6 +107,31 @@ def drive(
     return latencies, counts["requests"], counts["items"], time.monotonic() - start, counts["errors"]
 
 
+def decoded_inputs(payloads: list[dict]) -> list:
+    """The payloads' items as ``model.encode`` takes them (the server decodes images to RGB)."""
+    inputs = []
+    for payload in payloads:
+        for item in payload["input"]:
+            if isinstance(item, str):
+                inputs.append(item)
+            else:
+                data = base64.b64decode(item["image"].partition(",")[2])
+                inputs.append(Image.open(io.BytesIO(data)).convert("RGB"))
+    return inputs
+
+
+def bare_forward(model, inputs: list, batch_size: int, duration_s: float) -> tuple[int, float]:
+    """``model.encode`` on consecutive batches of ``batch_size`` inputs until the time is up;
+    returns the items encoded and the seconds taken (the batch in progress at the deadline counts)."""
+    start = time.monotonic()
+    done = 0
+    while time.monotonic() - start < duration_s:
+        batch = [inputs[(done + i) % len(inputs)] for i in range(batch_size)]
+        model.encode(batch, batch_size=batch_size, show_progress_bar=False)
+        done += batch_size
+    return done, time.monotonic() - start
+
+
 def run(
     name: str, model, settings: ServeSettings, payloads: list[dict], args: argparse.Namespace
 ) -> RunResult:
@@ -160,6 +187,9 @@ def main() -> None:
     single = run(
         "batch size 1", model, ServeSettings(max_batch_size=1, batch_wait_ms=0.0, **common), payloads, args
     )
+    inputs = decoded_inputs(payloads)
+    bare_forward(model, inputs, args.max_batch_size, args.warmup)  # the same warm-up as the servers
+    bare = {size: bare_forward(model, inputs, size, args.duration) for size in (args.max_batch_size, 1)}
 
     print(
         f"\nModel: {label}; workload: {args.workload}, {args.items_per_request} item(s) per request; "
@@ -171,6 +201,16 @@ def main() -> None:
     print(batched.row())
     print(single.row())
     print(f"\nThroughput ratio (dynamic / batch size 1): {batched.throughput / single.throughput:.2f}x")
+    print("\nThe bare forward on the same inputs, no HTTP (model.encode, one batch after another):\n")
+    print("| forward | items | seconds | items/s | server items/s | server / bare |")
+    print("|---|---|---|---|---|---|")
+    for size, server in ((args.max_batch_size, batched), (1, single)):
+        items, seconds = bare[size]
+        rate = items / seconds
+        print(f"| model.encode, batch size {size} | {items} | {seconds:.1f} | {rate:.1f} "
+              f"| {server.throughput:.1f} ({server.name}) | {server.throughput / rate:.2f} |")
+    print(f"\nThe dynamic-batching server reaches {batched.throughput / (bare[args.max_batch_size][0] / bare[args.max_batch_size][1]):.0%} "
+          f"of the bare forward at its batch size {args.max_batch_size} (its mean batch was {batched.mean_batch:.1f}).")
 
 
 if __name__ == "__main__":

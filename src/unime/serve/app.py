@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from unime.serve.batcher import DynamicBatcher, EncodeResult, QueueFull
 from unime.serve.errors import APIError
@@ -27,6 +28,7 @@ from unime.serve.images import pixel_guard
 from unime.serve.remote import RemoteImageFetcher
 from unime.serve.schema import (
     build_response,
+    openapi_operation,
     parse_embedding_request,
     parse_json_body,
     truncate_dimensions,
@@ -76,19 +78,37 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def _api_error(_: Request, error: APIError) -> JSONResponse:
         return JSONResponse(error.to_json(), status_code=error.status, headers=error.headers)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+        # A bug, not a refusal: still answer in OpenAI's shape (starlette logs the traceback).
+        message = f"internal error: {type(error).__name__}"
+        return JSONResponse(APIError(500, message).to_json(), status_code=500)
+
     @app.get("/health")
     async def health() -> JSONResponse:
         status = "ok" if batcher.alive else "unavailable"
         body = {"status": status, "model": settings.model_name, "queued_items": batcher.queued_items}
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
-    @app.get("/v1/models")
+    secured: dict[str, Any] = {}
+    if settings.api_key is not None:
+        secured = {
+            "security": [{"bearer": []}],
+            "responses": {"401": {"description": "the API key is missing or wrong"}},
+        }
+        _publish_bearer_scheme(app)
+
+    @app.get("/v1/models", openapi_extra=secured or None)
     async def models(request: Request) -> dict[str, Any]:
         _check_api_key(request, settings.api_key)
         entry = {"id": settings.model_name, "object": "model", "created": created, "owned_by": "unime"}
         return {"object": "list", "data": [entry]}
 
-    @app.post("/v1/embeddings")
+    operation = openapi_operation(settings)
+    if secured:
+        operation["security"] = secured["security"]
+
+    @app.post("/v1/embeddings", openapi_extra=operation)
     async def embeddings(request: Request) -> JSONResponse:
         _check_api_key(request, settings.api_key)
         body = await read_limited_body(request, settings.max_body_bytes)
@@ -108,6 +128,20 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
         return JSONResponse(build_response(vectors, parsed, settings.model_name, result.tokens))
 
     return app
+
+
+def _publish_bearer_scheme(app: FastAPI) -> None:
+    """Declare the ``Authorization: Bearer`` scheme in the published schema (routes name it)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["bearer"] = {"type": "http", "scheme": "bearer"}
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _encode(batcher: DynamicBatcher, items: list[Any]) -> EncodeResult:
@@ -141,10 +175,14 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise _body_too_large(int(declared), limit)
     received = bytearray()
-    async for chunk in request.stream():
-        received += chunk
-        if len(received) > limit:
-            raise _body_too_large(None, limit)
+    try:
+        async for chunk in request.stream():
+            received += chunk
+            if len(received) > limit:
+                raise _body_too_large(None, limit)
+    except ClientDisconnect:
+        # The client went away mid-body: nobody reads the answer, but it is a refusal, not a crash.
+        raise APIError(400, "the client disconnected before sending the whole body") from None
     return bytes(received)
 
 

@@ -45,6 +45,10 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
         raise APIError(
             400, f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}"
         ) from None
+    except RecursionError:
+        raise APIError(400, "the request JSON is nested too deeply") from None
+    except ValueError as error:  # e.g. an integer of more than sys.get_int_max_str_digits() digits
+        raise APIError(400, f"malformed JSON: {error}") from None
     if not isinstance(payload, dict):
         raise APIError(400, f"the request body must be a JSON object, not {_kind(payload)}")
     return payload
@@ -145,6 +149,14 @@ def _check_item(raw: Any, param: str, settings: ServeSettings) -> Item:
 def _check_text(text: str, param: str, settings: ServeSettings) -> str:
     if not text.strip():
         raise APIError(400, f"{param} is empty or blank", param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # JSON allows "\ud800"; no tokenizer takes a lone surrogate
+        raise APIError(
+            400,
+            f"{param} is not valid Unicode: a lone surrogate {text[error.start]!r} at position {error.start}",
+            param=param,
+        ) from None
     if len(text) > settings.max_text_chars:
         raise APIError(
             413,
@@ -203,6 +215,126 @@ def build_response(
         "data": data,
         "model": model_name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def openapi_operation(settings: ServeSettings) -> dict[str, Any]:
+    """The published OpenAPI contract of ``POST /v1/embeddings`` (FastAPI ``openapi_extra``).
+
+    The body is parsed by hand (above), so FastAPI cannot derive its schema; without this the
+    published ``/openapi.json`` would show no request body at all, and clients and schema fuzzers
+    would not see the contract. The limits that the schema can express (item count, text length)
+    are this server's settings. A ``null`` item field counts as absent, as the parser treats it.
+    """
+    text = {"type": "string", "minLength": 1, "maxLength": settings.max_text_chars, "pattern": r"\S"}
+    nullable_text = {"anyOf": [text, {"type": "null"}]}
+    image = {
+        "type": "string",
+        "minLength": 1,
+        "description": "a data:image/...;base64, URL, bare base64"
+        + (", or an http(s) URL" if settings.allow_remote_images else ""),
+    }
+    item = {
+        "type": "object",
+        "properties": {
+            "text": nullable_text,
+            "image": {"anyOf": [image, {"type": "null"}]},
+            "instruction": nullable_text,
+        },
+        "additionalProperties": False,
+        "anyOf": [
+            {"required": ["text"], "properties": {"text": text}},
+            {"required": ["image"], "properties": {"image": image}},
+        ],
+    }
+    one = {"anyOf": [text, item]}
+    body = {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": {
+                "anyOf": [
+                    text,
+                    item,
+                    {"type": "array", "minItems": 1, "maxItems": settings.max_items_per_request, "items": one},
+                ]
+            },
+            "model": {"anyOf": [{"type": "string", "enum": [settings.model_name]}, {"type": "null"}]},
+            "encoding_format": {"type": "string", "enum": list(_FORMATS), "default": "float"},
+            "dimensions": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
+            "user": {"description": "accepted and ignored, as any other field"},
+        },
+        "additionalProperties": True,  # OpenAI fields beyond these are accepted and ignored
+    }
+    error = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    }
+    embedding = {
+        "type": "object",
+        "required": ["object", "index", "embedding"],
+        "properties": {
+            "object": {"const": "embedding"},
+            "index": {"type": "integer", "minimum": 0},
+            "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]},
+        },
+    }
+    usage = {"type": "integer", "minimum": 0}
+    success = {
+        "type": "object",
+        "required": ["object", "data", "model", "usage"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": embedding},
+            "model": {"type": "string"},
+            "usage": {
+                "type": "object",
+                "required": ["prompt_tokens", "total_tokens"],
+                "properties": {"prompt_tokens": usage, "total_tokens": usage},
+            },
+        },
+    }
+
+    def refusal(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+        response: dict[str, Any] = {
+            "description": description,
+            "content": {"application/json": {"schema": error}},
+        }
+        if headers:
+            response["headers"] = headers
+        return response
+
+    responses = {
+        "200": {"description": "one embedding per input, in order", "content": {"application/json": {"schema": success}}},
+        "400": refusal("malformed JSON, a wrong field, an undecodable image, an input the model rejects"),
+        "404": refusal("'model' names another model"),
+        "413": refusal("a size limit (body, items, text, image bytes or pixels)"),
+        "500": refusal("the model failed for another reason"),
+        "503": refusal(
+            "more than max_queued_items items are waiting, or the encoder stopped",
+            {"Retry-After": {"description": "seconds to wait (when the queue is full)", "schema": {"type": "string"}}},
+        ),
+    }
+    if settings.api_key is not None:
+        responses["401"] = refusal(
+            "the API key is missing or wrong",
+            {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        )
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": responses,
     }
 
 
