@@ -29,25 +29,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Parse and validate every row first, so a bad row fails before any model work."""
     from unime.inputs import to_input
-    from unime.jsonl import iter_jsonl
+    from unime.jsonl import iter_jsonl, text_lines
 
     if not path.is_file():
         raise FileNotFoundError(f"--input {path}: file not found")
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, row, error in iter_jsonl(handle):
-            where = f"{path} line {number}"
-            if error is not None:
-                raise ValueError(f"{where}: not valid JSON ({error})")
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected an object with text / image / instruction")
-            if row.get("image"):
-                image = Path(row["image"])
-                row["image"] = str(image if image.is_absolute() else path.parent / image)
-                if not Path(row["image"]).is_file():
-                    raise FileNotFoundError(f"{where}: image file not found: {row['image']}")
-            to_input(row, where=where)  # validates keys and types
-            rows.append(row)
+    for number, row, error in iter_jsonl(text_lines(path)):
+        where = f"{path} line {number}"
+        if error is not None:
+            raise ValueError(f"{where}: not valid JSON ({error})")
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected an object with text / image / instruction")
+        # A non-string image is left to to_input, which names the key and the type.
+        if isinstance(row.get("image"), str) and row["image"]:
+            image = Path(row["image"])
+            row["image"] = str(image if image.is_absolute() else path.parent / image)
+            if not Path(row["image"]).is_file():
+                raise FileNotFoundError(f"{where}: image file not found: {row['image']}")
+        to_input(row, where=where)  # validates keys and types
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no rows to embed")
     return rows

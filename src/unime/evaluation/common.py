@@ -80,34 +80,42 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, 
 
     Line numbers are 1-based file lines so that error messages point at the right place.
     """
+    from unime.jsonl import iter_jsonl, text_lines
+
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}: line {number}: invalid JSON ({error.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}: line {number}: expected a JSON object")
-                yield number, row
+        for number, row, error in iter_jsonl(text_lines(path)):
+            if error is not None:
+                raise ValueError(f"{path}: line {number}: invalid JSON ({error})")
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {number}: expected a JSON object")
+            yield number, row
         return
     if suffix not in (".csv", ".tsv", ".txt"):
         raise ValueError(f"{path}: unsupported file type '{suffix}' (use .csv, .tsv, .txt or .jsonl)")
     delimiter = "," if suffix == ".csv" else "\t"
-    with open(path, encoding="utf-8", newline="") as handle:
-        # STS files carry unbalanced quotes inside sentences: tabs are the only separator there.
-        quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
-        for row in reader:
-            yield reader.line_num, row
+    # STS files carry unbalanced quotes inside sentences: tabs are the only separator there.
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+    reader = csv.DictReader(text_lines(path), delimiter=delimiter, quoting=quoting)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:  # a field above csv's size limit, a NUL byte, ...
+            raise ValueError(f"{path}: line {reader.line_num}: malformed {suffix[1:].upper()}: {error}") from None
+        # DictReader puts the fields past the header under None: a row longer than its header.
+        if None in row:
+            raise ValueError(f"{path}: line {reader.line_num}: {len(row) - 1 + len(row[None])} fields, but the "
+                             f"header has {len(row) - 1}")
+        yield reader.line_num, row
 
 
 def require_fields(row: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
     """Fail with a message naming the row when any of ``fields`` is absent."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected an object with {', '.join(fields)}, got {type(row).__name__}")
     missing = [field for field in fields if field not in row or row[field] is None]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}; the row has {sorted(row)}")

@@ -223,8 +223,12 @@ class _RowReader:
         self.resolved: dict[str, str] = {}
 
     def __call__(self, where: str, text: Any, image: Any, field: str) -> EvalInput:
-        text = "" if text is None else str(text)
-        image = "" if image is None else str(image)
+        text_field = "qry_text" if field == "qry_img_path" else field.replace("tgt_img_path", "tgt_text")
+        for column, value in ((text_field, text), (field, image)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"MMEB {self.name}: {where}: {column} must be a string, got {type(value).__name__}")
+        text = "" if text is None else text
+        image = "" if image is None else image
         if IMAGE_PLACEHOLDER in text and not image:
             raise ValueError(f"MMEB {self.name}: {where}: text has {IMAGE_PLACEHOLDER} but {field} is empty")
         if not text and not image:
@@ -245,7 +249,10 @@ def _read_parquet_rows(name: str, folder: Path) -> Iterable[tuple[str, Mapping[s
     if not files:
         raise FileNotFoundError(f"MMEB {name}: no .parquet files in {folder}")
     for file in files:
-        frame = pd.read_parquet(file)
+        try:
+            frame = pd.read_parquet(file)
+        except Exception as error:  # pyarrow raises several types for a damaged or empty file
+            raise ValueError(f"MMEB {name}: cannot read {file}: {error}") from None
         missing = [column for column in COLUMNS if column not in frame.columns]
         if missing:
             raise ValueError(
@@ -268,6 +275,9 @@ def load_mmeb_dataset(
     candidates: list[list[EvalInput]] = []
     for where, record in _read_parquet_rows(name, folder):
         texts, images = record["tgt_text"], record["tgt_img_path"]
+        for column, value in (("tgt_text", texts), ("tgt_img_path", images)):
+            if value is not None and (isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__")):
+                raise ValueError(f"MMEB {name}: {where}: {column} must be a list, got {type(value).__name__}")
         if texts is None or images is None or len(texts) != len(images):
             raise ValueError(
                 f"MMEB {name}: {where}: tgt_text has {0 if texts is None else len(texts)} entries but "

@@ -19,7 +19,6 @@ score at least as high, so identical embeddings give R@K = 0 rather than a lucky
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from unime.evaluation.common import (
     resolve_image,
 )
 from unime.evaluation.encoding import encode_unique
+from unime.jsonl import read_json
 
 RECALL_AT = (1, 5, 10)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -83,21 +83,35 @@ KARPATHY_CAPTIONS = 5
 
 
 def _karpathy(path: Path, image_dir: Path, split: str, captions_per_image: int | None) -> list[tuple[str, str]]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: expected a Karpathy JSON object {{\"images\": [...]}}")
     pairs = []
     for row, entry in enumerate(data["images"]):
         where = f"{path}: images[{row}]"
         require_fields(entry, ("filename", "split", "sentences"), where)
+        _require_strings(entry, ("filename", "split"), where)
+        if entry.get("filepath") is not None and not isinstance(entry["filepath"], str):
+            raise ValueError(f"{where}: filepath must be a string, got {type(entry['filepath']).__name__}")
+        if not isinstance(entry["sentences"], list):
+            raise ValueError(f"{where}: sentences must be a list, got {type(entry['sentences']).__name__}")
         if entry["split"] != split:
             continue
         relative = os.path.join(entry.get("filepath") or "", entry["filename"])
         image = resolve_image(image_dir, relative, f"{where}: filename")
         for number, sentence in enumerate(entry["sentences"][:captions_per_image]):
             require_fields(sentence, ("raw",), f"{where}: sentences[{number}]")
+            _require_strings(sentence, ("raw",), f"{where}: sentences[{number}]")
             pairs.append((image, sentence["raw"].strip()))
     if not pairs:
         raise ValueError(f"{path}: no images in split '{split}' (--split)")
     return pairs
+
+
+def _require_strings(entry: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
+    for field in fields:
+        if not isinstance(entry[field], str) or not entry[field].strip():
+            raise ValueError(f"{where}: {field} must be a non-empty string, got {entry[field]!r:.80}")
 
 
 def _table(path: Path, image_dir: Path) -> list[tuple[str, str]]:
@@ -105,20 +119,25 @@ def _table(path: Path, image_dir: Path) -> list[tuple[str, str]]:
     for line, row in read_records(path):
         where = f"{path}: line {line}"
         require_fields(row, ("image", "caption"), where)
-        pairs.append((resolve_image(image_dir, str(row["image"]), f"{where}: image"), str(row["caption"])))
+        _require_strings(row, ("image", "caption"), where)
+        pairs.append((resolve_image(image_dir, row["image"].strip(), f"{where}: image"), row["caption"]))
     return pairs
 
 
 def _sharegpt4v(path: Path, image_dir: Path, limit: int) -> list[tuple[str, str]]:
-    entries = json.loads(path.read_text(encoding="utf-8"))
+    entries = read_json(path)
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of ShareGPT4V entries")
     pairs = []
     for row, entry in enumerate(entries[:limit]):
         where = f"{path}: entry {row}"
         require_fields(entry, ("image", "conversations"), where)
-        answers = [turn.get("value") for turn in entry["conversations"] if turn.get("from") == "gpt"]
-        if not answers or not answers[0]:
+        _require_strings(entry, ("image",), where)
+        turns = entry["conversations"]
+        if not isinstance(turns, list) or not all(isinstance(turn, dict) for turn in turns):
+            raise ValueError(f"{where}: conversations must be a list of {{\"from\", \"value\"}} objects")
+        answers = [turn.get("value") for turn in turns if turn.get("from") == "gpt"]
+        if not answers or not isinstance(answers[0], str) or not answers[0].strip():
             raise ValueError(f"{where}: conversations has no 'gpt' turn with a caption")
         pairs.append((resolve_image(image_dir, entry["image"], f"{where}: image"), answers[0].strip()))
     return pairs
@@ -153,9 +172,9 @@ def detect_format(path: Path) -> str:
     if path.suffix.lower() in (".csv", ".tsv", ".jsonl"):
         return "table"
     if path.suffix.lower() == ".json":
-        with open(path, encoding="utf-8") as handle:
-            head = handle.read(4096).lstrip()
-        return "sharegpt4v" if head.startswith("[") else "karpathy"
+        with open(path, "rb") as handle:
+            head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        return "sharegpt4v" if head.startswith(b"[") else "karpathy"
     raise ValueError(f"{path}: cannot tell the retrieval layout from the name; pass the format explicitly")
 
 

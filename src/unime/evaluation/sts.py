@@ -14,6 +14,7 @@ A ``split`` column (as in the sentence-transformers ``stsbenchmark.tsv``) is fil
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 
 from unime.evaluation.common import dataset_name, read_records, row_cosine
 from unime.evaluation.encoding import encode_unique
+from unime.jsonl import text_lines
 
 #: (first sentence, second sentence, score) column names, in the order they are tried.
 COLUMN_SETS = (("sentence1", "sentence2", "score"), ("sentence_A", "sentence_B", "relatedness_score"))
@@ -48,19 +50,22 @@ class STSDataset:
 
 
 def _first_line(path: Path) -> str:
-    with open(path, encoding="utf-8") as handle:
-        return handle.readline()
+    return next(text_lines(path), "")
 
 
 def _headerless_stsb(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    with open(path, encoding="utf-8", newline="") as handle:
-        for number, fields in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+    reader = csv.reader(text_lines(path), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        for fields in reader:
+            number = reader.line_num
             if not fields:
                 continue
             if len(fields) < 7:
                 raise ValueError(f"{path}: line {number}: expected at least 7 tab-separated fields (STS-B)")
             rows.append((number, {"sentence1": fields[5], "sentence2": fields[6], "score": fields[4]}))
+    except csv.Error as error:
+        raise ValueError(f"{path}: line {reader.line_num}: malformed TSV: {error}") from None
     return rows
 
 
@@ -85,16 +90,23 @@ def load_sts(path: str | os.PathLike[str], split: str | None = None, name: str |
         )
     sentences1, sentences2, scores = [], [], []
     for line, row in records:
+        missing = [c for c in (*columns, *([split_column] if split is not None else [])) if row.get(c) is None]
+        if missing:
+            raise ValueError(f"{path}: line {line}: missing field(s) {', '.join(missing)}")
         if split is not None and str(row[split_column]).lower() != split.lower():
             continue
+        value = row[columns[2]]
         try:
-            score = float(row[columns[2]])
+            score = float(value) if not isinstance(value, bool) else math.nan
         except (TypeError, ValueError):
-            raise ValueError(
-                f"{path}: line {line}: {columns[2]} '{row[columns[2]]}' is not a number"
-            ) from None
-        sentences1.append(str(row[columns[0]]))
-        sentences2.append(str(row[columns[1]]))
+            score = math.nan
+        if not math.isfinite(score):
+            raise ValueError(f"{path}: line {line}: {columns[2]} '{value}' is not a number")
+        for column in columns[:2]:
+            if not isinstance(row[column], str) or not row[column].strip():
+                raise ValueError(f"{path}: line {line}: {column} must be a non-empty string, got {row[column]!r}")
+        sentences1.append(row[columns[0]])
+        sentences2.append(row[columns[1]])
         scores.append(score)
     if not scores:
         raise ValueError(f"{path}: no rows with {split_column} == '{split}'")

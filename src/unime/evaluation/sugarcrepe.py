@@ -7,7 +7,6 @@ negative_caption), strictly: a tie is a failure. Replace, Swap and Add are the m
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 
 from unime.evaluation.common import make_input, percent, require_fields, resolve_image, row_cosine
 from unime.evaluation.encoding import encode_unique
+from unime.jsonl import read_json
 
 SPLIT_GROUPS: dict[str, tuple[str, ...]] = {
     "replace": ("replace_obj", "replace_att", "replace_rel"),
@@ -48,7 +48,7 @@ class SugarCrepeSplit:
 def load_sugarcrepe_split(path: str | os.PathLike[str], image_dir: str | os.PathLike[str]) -> SugarCrepeSplit:
     """Read one ``<split>.json`` file, resolving each ``filename`` under ``image_dir``."""
     path = Path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object {{id: item}}")
     images, captions, negatives = [], [], []
@@ -56,6 +56,9 @@ def load_sugarcrepe_split(path: str | os.PathLike[str], image_dir: str | os.Path
     for key, item in data.items():
         where = f"SugarCrepe {path.stem}: item {key}"
         require_fields(item, ("filename", "caption", "negative_caption"), where)
+        for field in ("filename", "caption", "negative_caption"):
+            if not isinstance(item[field], str) or not item[field].strip():
+                raise ValueError(f"{where}: {field} must be a non-empty string, got {item[field]!r:.80}")
         filename = item["filename"]
         if filename not in resolved:
             resolved[filename] = resolve_image(image_dir, filename, f"{where}: filename")

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
-from unime.jsonl import iter_jsonl
+from unime.images import header_problem
+from unime.jsonl import iter_jsonl, text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +95,8 @@ def sha256_of(path: Path) -> str:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
+    reader = csv.DictReader(text_lines(path))
+    try:
         header = reader.fieldnames
         if not header:
             raise ValueError(f"{path}: empty file; expected a header with the columns {', '.join(COLUMNS)}")
@@ -108,18 +107,19 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for row in reader:
             # A row's first physical line (a quoted caption may span several).
             yield f"{path}: line {reader.line_num}", row
+    except csv.Error as error:  # a field above csv's size limit, a NUL byte, ...
+        raise ValueError(f"{path}: line {reader.line_num}: malformed CSV: {error}") from None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadCaptionRow]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, row, error in iter_jsonl(handle):
-            where = f"{path}: line {number}"
-            if error is not None:
-                yield where, BadCaptionRow(f"{where}: not valid JSON ({error})")
-            elif not isinstance(row, dict):
-                yield where, BadCaptionRow(f"{where}: expected a JSON object with {', '.join(COLUMNS)}")
-            else:
-                yield where, row
+    for number, row, error in iter_jsonl(text_lines(path)):
+        where = f"{path}: line {number}"
+        if error is not None:
+            yield where, BadCaptionRow(f"{where}: not valid JSON ({error})")
+        elif not isinstance(row, dict):
+            yield where, BadCaptionRow(f"{where}: expected a JSON object with {', '.join(COLUMNS)}")
+        else:
+            yield where, row
 
 
 def _read_file(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadCaptionRow]]:
@@ -148,14 +148,10 @@ def _parse(row: dict[str, Any], where: str, image_root: Path) -> CaptionRow:
 
 
 def _image_problem(path: str) -> str | None:
-    """Why ``path`` cannot be used as an image, or None; reads the header only (``Image.open`` is lazy)."""
-    if not Path(path).is_file():
-        return f"column 'image': image file not found: {path}"
-    try:
-        with Image.open(path):
-            return None
-    except (UnidentifiedImageError, OSError) as error:
-        return f"column 'image': cannot read image {path}: {error}"
+    """Why ``path`` cannot be used as an image, or None; reads the header only
+    (:func:`unime.images.header_problem`)."""
+    problem = header_problem(path)
+    return None if problem is None else f"column 'image': {problem}"
 
 
 class _Reader:

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from sentence_transformers.base.sampler import MultiDatasetDefaultBatchSampler
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
 from unime.choices import SAMPLING
 from unime.config import MMEB_IMAGE_PLACEHOLDER
+from unime.images import header_problem
 from unime.inputs import EmbedInput, load_image
-from unime.jsonl import iter_jsonl
+from unime.jsonl import iter_jsonl, text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -131,22 +131,27 @@ def _read_file(dataset: str, path: Path) -> Iterator[tuple[str, dict[str, Any] |
             raise ValueError(f"dataset {dataset}: cannot read {path}: {error}") from None
         _check_columns(dataset, path, handle.schema_arrow.names)
         index = 0
-        for batch in handle.iter_batches(batch_size=_CHUNK):
+        batches = handle.iter_batches(batch_size=_CHUNK)
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as error:  # damaged pages surface while reading, not when opening
+                raise ValueError(f"dataset {dataset}: cannot read {path} after row {index}: {error}") from None
+            if batch is None:
+                return
             for row in batch.to_pylist():
                 yield f"dataset {dataset}, {path.name} row {index}", row
                 index += 1
-        return
-    with path.open(encoding="utf-8") as handle:
-        for number, row, error in iter_jsonl(handle):
-            where = f"dataset {dataset}, {path.name} line {number}"
-            if error is not None:
-                yield where, BadRow(f"{where}: not valid JSON ({error})")
-                continue
-            if not isinstance(row, dict):
-                yield where, BadRow(f"{where}: expected a JSON object with {', '.join(REQUIRED_COLUMNS)}")
-                continue
-            _check_columns(dataset, path, list(row), where)
-            yield where, row
+    for number, row, error in iter_jsonl(text_lines(path)):
+        where = f"dataset {dataset}, {path.name} line {number}"
+        if error is not None:
+            yield where, BadRow(f"{where}: not valid JSON ({error})")
+            continue
+        if not isinstance(row, dict):
+            yield where, BadRow(f"{where}: expected a JSON object with {', '.join(REQUIRED_COLUMNS)}")
+            continue
+        _check_columns(dataset, path, list(row), where)
+        yield where, row
 
 
 def _check_columns(dataset: str, path: Path, names: list[str], where: str | None = None) -> None:
@@ -196,14 +201,8 @@ def _parse_row(row: dict[str, Any], where: str, image_root: Path) -> dict[str, A
 
 def _image_problem(path: str) -> str | None:
     """Why ``path`` cannot be used as an image (None when it can): checked up front from the header
-    only (``Image.open`` is lazy), the pixels are decoded when the row is batched."""
-    if not Path(path).is_file():
-        return f"image file not found: {path}"
-    try:
-        with Image.open(path):
-            return None
-    except (UnidentifiedImageError, OSError) as error:
-        return f"cannot read image {path}: {error}"
+    only (:func:`unime.images.header_problem`), the pixels are decoded when the row is batched."""
+    return header_problem(path)
 
 
 def _images(row: dict[str, Any]) -> list[str]:

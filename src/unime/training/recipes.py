@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import re
+import types
+import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,44 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
 def packaged_recipes(prefix: str = "") -> list[str]:
     """Names of the packaged recipes, optionally only those starting with ``prefix`` (e.g. ``tune-``)."""
     return sorted(p.stem for p in RECIPES_DIR.glob(f"{prefix}*.yaml"))
+
+
+def _matches(hint: Any, value: Any) -> bool:
+    """Whether a YAML value has a field's declared type (ints count as floats; a bool is no number;
+    a single string is accepted for a list of strings, which the recipes turn into a list)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(arg, value) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, str) or (isinstance(value, list) and all(_matches(args[0], v) for v in value))
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(args[0], k) and _matches(args[1], v) for k, v in value.items())
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint)) if not typing.get_args(hint) else str(hint)
+
+
+def setting_type_problem(cls: type, name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the setting ``name`` of the recipe class ``cls`` (None when it can):
+    a YAML ``bf16: "no"`` or ``batch_size: 8.5`` is refused by name instead of being used."""
+    hint = typing.get_type_hints(cls).get(name)
+    if hint is None or _matches(hint, value):
+        return None
+    return f"setting {name} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})"
 
 
 def check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -159,9 +199,12 @@ class TrainRecipe:
         if not isinstance(data, dict):
             raise ValueError(f"{source}: a recipe is a mapping of settings, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(key) for key in set(data) - known)  # YAML keys may be numbers
         if unknown:
             raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        problems = [problem for key, value in data.items() if (problem := setting_type_problem(cls, key, value))]
+        if problems:
+            raise ValueError(f"{source}: {'; '.join(problems)}")
         try:
             return cls(**data)
         except (TypeError, ValueError) as error:
@@ -172,9 +215,13 @@ class TrainRecipe:
         """Load a YAML recipe (a path or a packaged recipe name, see :func:`resolve_recipe`)."""
         path = resolve_recipe(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
         except yaml.YAMLError as error:
             raise ValueError(f"{path}: not valid YAML: {error}") from None
+        if data is None:
+            data = {}
         return cls.from_dict(data, source=str(path))
 
     def override(self, **flags: Any) -> TrainRecipe:

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from unime.jsonl import iter_jsonl
+from unime.jsonl import iter_jsonl, text_lines
 
 # Column names that hold a sentence, in the layouts stage 1 reads.
 NLI_COLUMNS = ("sent0", "sent1", "hard_neg")
@@ -79,11 +79,8 @@ def _clean(value: object, where: str) -> str | None:
 
 
 def _open_text(path: Path) -> Iterator[tuple[int, str]]:
-    try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            yield from enumerate(handle, start=1)
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+    # A byte that is not UTF-8 is a ValueError naming the file and the line (text_lines).
+    yield from enumerate(text_lines(path), start=1)
 
 
 def _read_text(path: Path) -> Iterator[str]:
@@ -95,36 +92,35 @@ def _read_text(path: Path) -> Iterator[str]:
 
 def _read_table(path: Path, delimiter: str) -> Iterator[str]:
     """CSV/TSV: a header naming sentence columns, or (TSV only) headerless rows of sentences."""
+    reader = csv.reader(text_lines(path), delimiter=delimiter,
+                        quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
-            header = next(reader, None)
-            if header is None:
-                return
-            header = [name.strip() for name in header]
-            columns = [i for i, name in enumerate(header) if name in TEXT_COLUMNS]
-            headerless = not columns
-            if headerless and delimiter == ",":
-                raise ValueError(
-                    f"{path} line 1: no sentence column in the header {header}; expected some of "
-                    f"{', '.join(TEXT_COLUMNS)} (e.g. sent0,sent1,hard_neg)"
-                )
-            if headerless:
-                if len(header) > 3:
-                    raise ValueError(f"{path} line 1: {len(header)} fields; a headerless TSV holds 1 to 3 sentences a line")
-                columns = list(range(len(header)))
-                yield from _row_sentences(header, columns, f"{path} line 1")
-            for row in reader:
-                where = f"{path} line {reader.line_num}"
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != len(header):
-                    raise ValueError(f"{where}: {len(row)} fields, but the {'first line' if headerless else 'header'} has {len(header)}")
-                yield from _row_sentences(row, columns, where)
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
-    except csv.Error as error:
-        raise ValueError(f"{path}: malformed {'CSV' if delimiter == ',' else 'TSV'}: {error}") from None
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [name.strip() for name in header]
+        columns = [i for i, name in enumerate(header) if name in TEXT_COLUMNS]
+        headerless = not columns
+        if headerless and delimiter == ",":
+            raise ValueError(
+                f"{path} line 1: no sentence column in the header {header}; expected some of "
+                f"{', '.join(TEXT_COLUMNS)} (e.g. sent0,sent1,hard_neg)"
+            )
+        if headerless:
+            if len(header) > 3:
+                raise ValueError(f"{path} line 1: {len(header)} fields; a headerless TSV holds 1 to 3 sentences a line")
+            columns = list(range(len(header)))
+            yield from _row_sentences(header, columns, f"{path} line 1")
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{where}: {len(row)} fields, but the {'first line' if headerless else 'header'} has {len(header)}")
+            yield from _row_sentences(row, columns, where)
+    except csv.Error as error:  # e.g. a field above csv's size limit, or a NUL byte
+        raise ValueError(f"{path} line {reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'}: "
+                         f"{error}") from None
 
 
 def _row_sentences(row: list[str], columns: list[int], where: str) -> Iterator[str]:
