@@ -119,7 +119,7 @@ def test_a_different_teacher_prompt_is_a_different_teacher(fake, tmp_path):
 def test_nv_embed_is_the_paper_teacher_and_runs_remote_code_only_when_allowed():
     spec = resolve_teacher("NV-Embed-v2")
     assert (spec.model, spec.prompt, spec.add_eos, spec.remote_code) == ("nvidia/NV-Embed-v2", NV_EMBED_INSTRUCTION, True, True)
-    with pytest.raises(ValueError, match="--trust-remote-code"):
+    with pytest.raises(ValueError, match="--trust-teacher-code"):
         load_teacher(spec)
     assert resolve_teacher("nv-embed-v2", prompt="").prompt == ""
 

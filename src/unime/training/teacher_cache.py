@@ -101,7 +101,7 @@ def load_teacher(spec: TeacherSpec, *, trust_remote_code: bool = False, device: 
 
     if spec.remote_code and not trust_remote_code:
         raise ValueError(
-            f"teacher {spec.name!r} ({spec.model}) runs hub remote code; allow it with --trust-remote-code "
+            f"teacher {spec.name!r} ({spec.model}) runs hub remote code; allow it with --trust-teacher-code "
             "(recipe: trust_teacher_code: true) if you trust that repository"
         )
     check_model_name(spec.model, option="teacher", kind=SENTENCE_TRANSFORMER)
