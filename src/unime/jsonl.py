@@ -52,6 +52,24 @@ def text_lines(path: str | os.PathLike[str]) -> Iterator[str]:
                                  f"{error.start + 1})") from None
 
 
+class CountedLines:
+    """:func:`text_lines` that counts the lines handed out: when :mod:`csv` fails on a row,
+    ``count`` is the physical line it was parsing (csv's own ``line_num`` lags one line behind
+    when a field exceeds its size limit)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.count = 0
+        self._lines = text_lines(path)
+
+    def __iter__(self) -> CountedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.count += 1
+        return line
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """A whole JSON file (UTF-8, a leading BOM dropped); a file that is not UTF-8 or not valid JSON
     is a ValueError naming the file, the line and the column."""

@@ -80,7 +80,7 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, 
 
     Line numbers are 1-based file lines so that error messages point at the right place.
     """
-    from unime.jsonl import iter_jsonl, text_lines
+    from unime.jsonl import CountedLines, iter_jsonl, text_lines
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -97,14 +97,15 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, 
     delimiter = "," if suffix == ".csv" else "\t"
     # STS files carry unbalanced quotes inside sentences: tabs are the only separator there.
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
-    reader = csv.DictReader(text_lines(path), delimiter=delimiter, quoting=quoting)
+    lines = CountedLines(path)
+    reader = csv.DictReader(lines, delimiter=delimiter, quoting=quoting)
     while True:
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as error:  # a field above csv's size limit, a NUL byte, ...
-            raise ValueError(f"{path}: line {reader.line_num}: malformed {suffix[1:].upper()}: {error}") from None
+            raise ValueError(f"{path}: line {lines.count}: malformed {suffix[1:].upper()}: {error}") from None
         # DictReader puts the fields past the header under None: a row longer than its header.
         if None in row:
             raise ValueError(f"{path}: line {reader.line_num}: {len(row) - 1 + len(row[None])} fields, but the "

@@ -25,7 +25,7 @@ import numpy as np
 
 from unime.evaluation.common import dataset_name, read_records, row_cosine
 from unime.evaluation.encoding import encode_unique
-from unime.jsonl import text_lines
+from unime.jsonl import CountedLines, text_lines
 
 #: (first sentence, second sentence, score) column names, in the order they are tried.
 COLUMN_SETS = (("sentence1", "sentence2", "score"), ("sentence_A", "sentence_B", "relatedness_score"))
@@ -55,7 +55,8 @@ def _first_line(path: Path) -> str:
 
 def _headerless_stsb(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    reader = csv.reader(text_lines(path), delimiter="\t", quoting=csv.QUOTE_NONE)
+    lines = CountedLines(path)
+    reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
         for fields in reader:
             number = reader.line_num
@@ -65,7 +66,7 @@ def _headerless_stsb(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 raise ValueError(f"{path}: line {number}: expected at least 7 tab-separated fields (STS-B)")
             rows.append((number, {"sentence1": fields[5], "sentence2": fields[6], "score": fields[4]}))
     except csv.Error as error:
-        raise ValueError(f"{path}: line {reader.line_num}: malformed TSV: {error}") from None
+        raise ValueError(f"{path}: line {lines.count}: malformed TSV: {error}") from None
     return rows
 
 

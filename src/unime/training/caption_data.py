@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from unime.images import header_problem
-from unime.jsonl import iter_jsonl, text_lines
+from unime.jsonl import CountedLines, iter_jsonl, text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def sha256_of(path: Path) -> str:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    reader = csv.DictReader(text_lines(path))
+    lines = CountedLines(path)
+    reader = csv.DictReader(lines)
     try:
         header = reader.fieldnames
         if not header:
@@ -108,7 +109,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             # A row's first physical line (a quoted caption may span several).
             yield f"{path}: line {reader.line_num}", row
     except csv.Error as error:  # a field above csv's size limit, a NUL byte, ...
-        raise ValueError(f"{path}: line {reader.line_num}: malformed CSV: {error}") from None
+        raise ValueError(f"{path}: line {lines.count}: malformed CSV: {error}") from None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadCaptionRow]]:

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from unime.jsonl import iter_jsonl, text_lines
+from unime.jsonl import CountedLines, iter_jsonl, text_lines
 
 # Column names that hold a sentence, in the layouts stage 1 reads.
 NLI_COLUMNS = ("sent0", "sent1", "hard_neg")
@@ -92,7 +92,8 @@ def _read_text(path: Path) -> Iterator[str]:
 
 def _read_table(path: Path, delimiter: str) -> Iterator[str]:
     """CSV/TSV: a header naming sentence columns, or (TSV only) headerless rows of sentences."""
-    reader = csv.reader(text_lines(path), delimiter=delimiter,
+    lines = CountedLines(path)
+    reader = csv.reader(lines, delimiter=delimiter,
                         quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
     try:
         header = next(reader, None)
@@ -119,7 +120,7 @@ def _read_table(path: Path, delimiter: str) -> Iterator[str]:
                 raise ValueError(f"{where}: {len(row)} fields, but the {'first line' if headerless else 'header'} has {len(header)}")
             yield from _row_sentences(row, columns, where)
     except csv.Error as error:  # e.g. a field above csv's size limit, or a NUL byte
-        raise ValueError(f"{path} line {reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'}: "
+        raise ValueError(f"{path} line {lines.count}: malformed {'CSV' if delimiter == ',' else 'TSV'}: "
                          f"{error}") from None
 
 
