@@ -90,7 +90,7 @@ PRESETS: dict[str, DemoPreset] = {
                    captions_per_image=2, sugarcrepe_per_split=8, nli_rows=400, sts_pairs=60, image_size=64),
         distill_steps=16, distill_batch=32, distill_lr=2e-4,
         tune_steps=10, tune_batch=16, tune_mini_batch=None, tune_lr=2e-4, ablation_steps=5, bf16=True,
-        ablation_eval=("photos",),
+        ablation_eval=("photos", "sugarcrepe"),
         photos=PhotoSizes(train_images=320, dev_images=50, mmeb_queries=24, mmeb_candidates=12),
     ),
 }
