@@ -511,7 +511,8 @@ def test_karpathy_json(image_root, generated, data):
     raw, damage = data.draw(damaged(json.dumps(document, ensure_ascii=False, indent=data.draw(st.sampled_from([None, 1])))))
     with tempfile.TemporaryDirectory() as folder:
         path = _write(Path(folder), "dataset_coco.json", raw)
-        where = f"images[{defect.index}]" if defect else None
+        # A broken document (not an object, no list of images) is refused as a whole, before any entry.
+        where = {"ok": f"images[{defect.index}]" if defect else None, "sentence_junk": "images[0]"}.get(shape)
         kind, result = outcome("karpathy_json", lambda: load_retrieval(path, image_root, fmt="karpathy"),
                                path, defect, where, damage)
     if damage in HARMLESS and shape == "ok" and (defect is None or defect.kind == "extra"):

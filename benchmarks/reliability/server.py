@@ -79,7 +79,7 @@ class Mode:
 
 
 SHORT = Mode("short", 60, 200, 64, 10.0, 2, 48, 12, 512.0)
-FULL = Mode("full", 400, 1000, 64, 60.0, 4, 96, 24, 512.0)
+FULL = Mode("full", 900, 1000, 64, 60.0, 4, 96, 24, 512.0)
 
 
 def free_port() -> int:

@@ -84,10 +84,19 @@ def _open_lazy(source: ImageSource, where: str, formats: tuple[str, ...] | None,
     return image
 
 
+def is_file(path: str | os.PathLike) -> bool:
+    """``Path.is_file`` that answers False for a name the system cannot even look up (longer than
+    the file-name limit, a NUL byte) instead of raising from inside ``os.stat``."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def header_problem(path: str | os.PathLike, max_pixels: int | None = None) -> str | None:
     """Why ``path`` cannot be used as an image (None when it can), from its header alone: the pixels
     are not decoded, so a truncated file passes here and fails in :func:`open_image`."""
-    if not Path(path).is_file():
+    if not is_file(path):
         return f"image file not found: {path}"
     try:
         _open_lazy(path, "", None, max_pixels).close()

@@ -47,8 +47,10 @@ def resolve_image(image_dir: str | os.PathLike[str], relative: str, where: str) 
 
     ``where`` names the dataset, row and field for the error message.
     """
+    from unime.images import is_file
+
     path = Path(relative) if os.path.isabs(relative) else Path(image_dir) / relative
-    if not path.is_file():
+    if not is_file(path):
         raise FileNotFoundError(f"{where}: image '{relative}' not found (looked for {path})")
     return str(path.resolve())
 

@@ -222,18 +222,20 @@ def _check_images(rows: list[dict[str, Any]], workers: int = 8) -> list[str | No
 
 
 def _load_source(source: DatasetSource, image_root: Path, max_rows: int | None,
-                 skip_bad_rows: bool) -> tuple[list[dict[str, Any]], int]:
-    """The first ``max_rows`` good rows of a data set, and how many bad rows were skipped.
+                 skip_bad_rows: bool) -> tuple[list[dict[str, Any]], int, str | None]:
+    """The first ``max_rows`` good rows of a data set, how many bad rows were skipped, and the
+    problem of the first one skipped.
 
     Rows are checked in chunks (image headers on threads); within a chunk the problems are reported
     in file order, so the error names the first bad row.
     """
     kept: list[dict[str, Any]] = []
     skipped = 0
+    first_problem: str | None = None
     pending: list[dict[str, Any] | BadRow] = []
 
     def flush() -> None:
-        nonlocal skipped
+        nonlocal skipped, first_problem
         rows = [row for row in pending if not isinstance(row, BadRow)]
         problems = iter(_check_images(rows))
         for row in pending:
@@ -244,6 +246,7 @@ def _load_source(source: DatasetSource, image_root: Path, max_rows: int | None,
                 raise BadRow(problem)
             else:
                 skipped += 1
+                first_problem = first_problem or problem
                 logger.warning("skipping %s", problem)
         pending.clear()
 
@@ -262,7 +265,7 @@ def _load_source(source: DatasetSource, image_root: Path, max_rows: int | None,
             if len(pending) >= wanted():
                 flush()
         flush()
-    return kept, skipped
+    return kept, skipped, first_problem
 
 
 def _columns(name: str, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -306,9 +309,10 @@ def load_mmeb_train(
     loaded: dict[str, Any] = {}
     skipped: dict[str, int] = {}
     for source in discover(data, datasets, split):
-        rows, skipped[source.name] = _load_source(source, root, max_rows_per_dataset, skip_bad_rows)
+        rows, skipped[source.name], first_problem = _load_source(source, root, max_rows_per_dataset, skip_bad_rows)
         if not rows:
-            reason = f" (all {skipped[source.name]} rows were bad)" if skipped[source.name] else ""
+            reason = (f" (all {skipped[source.name]} rows were bad; the first: {first_problem})"
+                      if skipped[source.name] else "")
             raise ValueError(f"dataset {source.name} ({', '.join(str(f) for f in source.files)}) has no rows{reason}")
         if not explicit_negatives:
             rows = [{k: v for k, v in row.items() if k != "negative"} for row in rows]
