@@ -465,7 +465,8 @@ def test_caption_tables(image_root, generated, target, skip, data):
         }
         kind, result = outcome(target, calls[target], path, defect, f"line {line}", damage)
     clean = damage in HARMLESS and (defect is None or defect.kind in ("extra", "huge"))
-    if clean and not (defect and defect.kind == "huge" and suffix != ".jsonl"):
+    # A huge field is read in JSON Lines (CSV's limit refuses it); a huge image name is a missing image.
+    if clean and not (defect and defect.kind == "huge" and (suffix != ".jsonl" or defect.column == "image")):
         assert kind == "ok", result
         captions = {"retrieval_table": lambda r: r.captions, "data_captions": lambda r: [c for _, c in r],
                     "align_captions": lambda r: [row.caption for row in r.rows]}[target](result)

@@ -237,8 +237,9 @@ def read_caption_data(
                 reader.add(source, error)
         reader.flush()
     if not reader.rows:
+        first = f"; the first: {reader.reasons[0]}" if reader.reasons else ""
         raise ValueError(f"no usable image-caption rows in {', '.join(map(str, paths))} "
-                         f"({sum(f.skipped for f in files)} bad rows skipped)")
+                         f"({sum(f.skipped for f in files)} bad rows skipped{first})")
     data = CaptionData(reader.rows, files, reader.reasons)
     logger.info("caption data: %d rows of %d images from %d file(s), %d bad rows skipped", len(data.rows),
                 len({row.image for row in data.rows}), len(files), data.skipped)
