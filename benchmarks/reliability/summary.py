@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,8 @@ def server_table(report: dict[str, Any]) -> list[str]:
              f"| schema fuzzing ({fuzz['tool']}) | {fuzz['requests']} requests reached the server "
              f"({statuses}); {fuzz['server_errors']} 5xx |",
              f"| hostile bodies | {hostile['requests']} hand-made requests "
-             f"({', '.join(f'{code}: {count}' for code, count in sorted(hostile['statuses'].items()))}); "
+             f"({', '.join(f'{code}: {count}' for code, count in sorted(Counter(hostile['statuses'].values()).items()))}; "
+             "-1: the connection closed, as for a body cut short); "
              f"{len(hostile['problems'])} problems |",
              f"| load: {load['clients']} clients, {load['seconds']} s | {load['requests']} requests "
              f"({load['statuses']['2xx']} 2xx, {load['statuses']['4xx']} 4xx, {load['statuses']['503']} 503, "
