@@ -24,11 +24,11 @@ from unime.evaluation.report import compare_markdown, mmeb_markdown, read_metric
 def run_cli(monkeypatch):
     """``run_cli(argv, model) -> exit code``; ``unime.load`` returns ``model`` whatever the path (the
     name check before loading is part of what is replaced; tests/test_model_names.py covers it)."""
-    import unime.model_names
+    from unime import model_names
 
     def run(argv, model=None):
         monkeypatch.setattr(unime, "load", lambda *args, **kwargs: model)
-        monkeypatch.setattr(unime.model_names, "check_model_name", lambda *args, **kwargs: None)
+        monkeypatch.setattr(model_names, "check_model_name", lambda *args, **kwargs: None)
         return cli.main(argv)
 
     return run
