@@ -6,7 +6,7 @@ first step left out as warm-up. Peak memory is the process's resident-set high-w
 each run (so the second run's figure is at least the first's; the fp32 run goes first).
 
     python benchmarks/align_step.py --model unime-smol --data ../shared/data/flickr8k/train.csv \\
-        --batch-size 32 --steps 5
+        --image-root ../shared/data/flickr8k/images --batch-size 32 --steps 5
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from unime.training.recipes import AlignRecipe
 
 def run(args: argparse.Namespace, bf16: bool) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as out:
-        recipe = AlignRecipe(model=args.model, data=[args.data], output_dir=out, batch_size=args.batch_size,
+        recipe = AlignRecipe(model=args.model, data=[args.data], image_root=args.image_root or "", output_dir=out,
+                             batch_size=args.batch_size,
                              max_steps=args.steps + 1, warmup_steps=0, bf16=bf16, logging_steps=1,
                              save_steps=10_000, max_rows=args.batch_size * (args.steps + 1))
-        data = read_caption_data(recipe.data, None, max_rows=recipe.max_rows)
+        data = read_caption_data(recipe.data, recipe.image_root or None, max_rows=recipe.max_rows)
         captioner = load_captioner(recipe.model)
         timer = StepTimer()
         trainer = build_trainer(recipe, captioner, data, [timer])
@@ -41,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a unime model folder (e.g. unime build-default's)")
     parser.add_argument("--data", required=True, help="caption file (image,caption)")
+    parser.add_argument("--image-root", help="folder the caption file's image paths are relative to")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
     args = parser.parse_args()
