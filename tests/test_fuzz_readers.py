@@ -167,6 +167,19 @@ def outcome(reader: str, call, path: Path, defect: Defect | None = None, where: 
         return "error", message
 
 
+def _damage_binary(raw: bytes, data) -> tuple[bytes, str]:
+    """A binary file (parquet) left alone, truncated, overwritten with garbage or emptied."""
+    damage = data.draw(st.sampled_from(["none", "none", "truncate", "garbage", "empty"]))
+    if damage == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    elif damage == "garbage":
+        position = data.draw(st.integers(0, len(raw)))
+        raw = raw[:position] + data.draw(st.binary(min_size=1, max_size=32)) + raw[position + 32:]
+    elif damage == "empty":
+        raw = b""
+    return raw, damage
+
+
 def _write(folder: Path, name: str, data: bytes) -> Path:
     path = folder / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,14 +308,7 @@ def test_mmeb_train_parquet(image_root, generated, skip, column_junk, data):
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     raw = buffer.getvalue()
-    damage = data.draw(st.sampled_from(["none", "none", "truncate", "garbage", "empty"]))
-    if damage == "truncate":
-        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
-    elif damage == "garbage":
-        position = data.draw(st.integers(0, len(raw)))
-        raw = raw[:position] + data.draw(st.binary(min_size=1, max_size=32)) + raw[position + 32:]
-    elif damage == "empty":
-        raw = b""
+    raw, damage = _damage_binary(raw, data)
     with tempfile.TemporaryDirectory() as folder:
         path = _write(Path(folder), "D.parquet", raw)
         kind, result = outcome("mmeb_train_parquet",
@@ -359,14 +365,7 @@ def test_mmeb_eval_parquet(image_root, generated, data):
     buffer = io.BytesIO()
     pd.DataFrame(rows).to_parquet(buffer)
     raw = buffer.getvalue()
-    damage = data.draw(st.sampled_from(["none", "none", "truncate", "garbage", "empty"]))
-    if damage == "truncate":
-        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
-    elif damage == "garbage":
-        position = data.draw(st.integers(0, len(raw)))
-        raw = raw[:position] + data.draw(st.binary(min_size=1, max_size=32)) + raw[position + 32:]
-    elif damage == "empty":
-        raw = b""
+    raw, damage = _damage_binary(raw, data)
     with tempfile.TemporaryDirectory() as folder:
         path = _write(Path(folder) / "Set", "test.parquet", raw)
         where = f"row {defect.index}" if defect and defect.kind not in ("missing", "extra") else None
