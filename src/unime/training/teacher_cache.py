@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from unime.choices import CACHE_DTYPES
-from unime.integrity import CorruptFileError, check_file, file_entry
+from unime.integrity import CorruptFileError, check_file, file_entry, write_json_atomic
 from unime.training.text_data import data_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -141,12 +141,6 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2))
-    os.replace(temporary, path)
-
-
 def _mismatch(found: dict[str, Any], wanted: dict[str, Any]) -> str | None:
     """A sentence saying why a cache does not fit, or None."""
     if found.get("format_version") != wanted["format_version"]:
@@ -223,10 +217,10 @@ def build_cache(
     recorded = {name: entry for name, entry in (found.get("files") or {}).items()
                 if not reason and (folder / name).is_file()}
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / MANIFEST, {**wanted, "files": recorded, "complete": False})
+    write_json_atomic(folder / MANIFEST, {**wanted, "files": recorded, "complete": False})
     shards, dim, files = _write_shards(folder, spec, sentences, shard_size, dtype, wanted, recorded,
                                        dict(batch_size=batch_size, trust_remote_code=trust_remote_code, device=device))
-    _write_json(folder / MANIFEST, {**wanted, "dim": dim, "shards": shards, "files": files, "complete": True})
+    write_json_atomic(folder / MANIFEST, {**wanted, "dim": dim, "shards": shards, "files": files, "complete": True})
     return TeacherCache.open(folder, sentences, spec)
 
 
@@ -259,7 +253,7 @@ def _write_shards(folder: Path, spec: TeacherSpec, sentences: list[str], shard_s
             np.save(handle, embeddings, allow_pickle=False)
         os.replace(temporary, folder / name)
         files[name] = file_entry(folder / name)
-        _write_json(folder / MANIFEST, {**wanted, "files": files, "complete": False})
+        write_json_atomic(folder / MANIFEST, {**wanted, "files": files, "complete": False})
         logger.info("teacher cache: shard %d/%d written (%d sentences)", index + 1, len(shards), len(rows))
     return shards, int(dim), {name: files[name] for name in shards}
 
