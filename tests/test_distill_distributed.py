@@ -7,6 +7,7 @@ without GradCache), DistributedDataParallel's gradient averaging and the loss-sc
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -75,6 +76,10 @@ def _worker(rank: int, world: int, port: int, model_path: str, out_dir: str) -> 
                 save_file({"loss": torch.stack(losses).mean().reshape(1), **grads},
                           os.path.join(out_dir, f"ddp-{mini_batch_size}.safetensors"))
     finally:
+        # DDP's reducer holds the gloo group: freed after destroy_process_group, the group's destructor
+        # can wait forever on a lock (seen in CI: a rank hung for 45 min), so it goes first.
+        wrapped = None
+        gc.collect()
         dist.destroy_process_group()
 
 

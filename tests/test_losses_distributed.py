@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -173,6 +174,10 @@ def _worker(rank: int, world: int, port: int, model_dir: str, out_dir: str) -> N
             results.update(_run_case(name, model, ddp, UNEVEN_ROWS[rank], key=f"uneven-{name}"))
         save_file(results, str(Path(out_dir) / f"rank{rank}.safetensors"))
     finally:
+        # DDP's reducer holds the gloo group: freed after destroy_process_group, the group's destructor
+        # can wait forever on a lock (seen in CI: a rank hung for 45 min), so it goes first.
+        ddp = None
+        gc.collect()
         dist.destroy_process_group()
 
 

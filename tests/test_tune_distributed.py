@@ -7,6 +7,7 @@ across the ranks and mined from the global batch.
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -100,6 +101,10 @@ def _worker(rank: int, port: int, model_dir: str, image_dir: str, out_dir: str) 
         result = _step(model, ddp, _rows(Path(image_dir))[rank * half:(rank + 1) * half])
         save_file(result, str(Path(out_dir) / f"rank{rank}.safetensors"))
     finally:
+        # DDP's reducer holds the gloo group: freed after destroy_process_group, the group's destructor
+        # can wait forever on a lock (seen in CI: a rank hung for 45 min), so it goes first.
+        ddp = None
+        gc.collect()
         dist.destroy_process_group()
 
 
