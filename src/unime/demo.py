@@ -57,7 +57,7 @@ class DemoPreset:
     # tower and projector start random, so they train in full beside the LoRA adapter.
     tune_tuning: str = "lora"
     tune_full_modules: tuple[str, ...] = ()
-    # Real photos (Flickr8k) used when the folder is found (unime.demo_photos).
+    # Real photos (Flickr8k; the shipped subset unless --photos names a folder, unime.demo_photos).
     photos: PhotoSizes | None = None
 
 
@@ -228,7 +228,7 @@ def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *, overwrite: b
              photos: str | Path | None = None) -> dict[str, dict[str, float]]:
     """Run the demo into ``out``; returns ``{model name: metrics}`` and writes report, JSON and figures.
 
-    ``photos``: a Flickr8k folder (see :mod:`unime.demo_photos`); by default the shared one when found."""
+    ``photos``: a Flickr8k folder (see :mod:`unime.demo_photos`); by default the subset that ships with unime."""
     from unime.environment import require_compatible
     from unime.synth import SynthConfig, generate
 
@@ -251,8 +251,6 @@ def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *, overwrite: b
         counts = prepare_photos(photo_dir, data, preset.photos)
         print(f"    real photos from {photo_dir}: stage-2 pairs of {counts['train_pairs']} train images, "
               f"retrieval on {counts['retrieval_images']} dev images ({counts['retrieval_captions']} captions)")
-    elif preset.photos:
-        print("    no Flickr8k folder found (--photos DIR, or ../shared/data/flickr8k): synthetic sets only")
     step(f"building the {preset.model} model")
     models = {"base": _build_base(preset, out / "base")}
     all_tasks = ("mmeb", "retrieval", "sugarcrepe", "sts", "photos")

@@ -6,9 +6,10 @@ a fixed subset of the dev split: image-text retrieval (R@1/5/10 both ways, every
 MMEB-style retrieval pair of data sets. Dev is never trained on. The whole dev split can be scored
 afterwards with ``unime eval retrieval --data FLICKR8K/dev.csv --image-dir FLICKR8K/images``.
 
-The folder is found as ``--photos DIR`` (``train.csv``, ``dev.csv`` with ``image,caption`` columns
-and ``images/``), else ``../shared/data/flickr8k`` from the working directory when it is there;
-without it the demo runs on the synthetic sets alone and says so.
+The photos ship with the package: a 1,000-image subset in ``unime/assets/flickr8k`` (600 train and
+400 dev images with all their captions, 15 MB; provenance and terms in its README.md). ``--photos
+DIR`` takes another folder of the same layout (``train.csv``, ``dev.csv`` with ``image,caption``
+columns and ``images/``), such as the full Flickr8k split.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from pathlib import Path
 
 from unime.captions import group_by_image, read_caption_pairs, write_eval_sets, write_train_pairs
 
-DEFAULT_LOCATION = Path("..") / "shared" / "data" / "flickr8k"
+# Resolved from the package, not the working directory: an installed unime finds it from anywhere.
+SHIPPED_PHOTOS = Path(__file__).resolve().parent / "assets" / "flickr8k"
 NAME = "Flickr8k"
 RETRIEVAL_FILE = "flickr8k_dev.csv"
 
 
 @dataclass(frozen=True)
 class PhotoSizes:
-    """How much of Flickr8k one demo run uses."""
+    """How much of Flickr8k one demo run uses, at most: a folder with fewer images gives what it has
+    (the counts ``prepare_photos`` returns say how many)."""
 
     train_images: int  # stage-2 pairs: the first N train images, one caption each, both directions
     dev_images: int  # retrieval: the first N dev images with all their captions
@@ -34,16 +37,20 @@ class PhotoSizes:
     mmeb_candidates: int  # candidates per MMEB-style query, the positive included
 
 
-def find_photos(explicit: str | Path | None) -> Path | None:
-    """The Flickr8k folder: ``explicit`` (checked), else the default location when it exists, else None."""
-    folder = Path(explicit) if explicit else DEFAULT_LOCATION
-    needed = [folder / "train.csv", folder / "dev.csv", folder / "images"]
-    if all(path.exists() for path in needed):
+def find_photos(explicit: str | Path | None = None) -> Path:
+    """The Flickr8k folder: ``explicit`` (``--photos DIR``) when given, else the subset that ships
+    with the package. Either is checked: a folder without ``train.csv``, ``dev.csv`` or ``images/``
+    is refused with what it lacks."""
+    folder = Path(explicit) if explicit else SHIPPED_PHOTOS
+    missing = [name for name, present in (("train.csv", (folder / "train.csv").is_file()),
+                                          ("dev.csv", (folder / "dev.csv").is_file()),
+                                          ("images/", (folder / "images").is_dir())) if not present]
+    if not missing:
         return folder.resolve()
     if explicit:
-        missing = ", ".join(str(path) for path in needed if not path.exists())
-        raise FileNotFoundError(f"--photos {folder}: not a Flickr8k folder (missing {missing})")
-    return None
+        raise FileNotFoundError(f"--photos {folder}: not a Flickr8k folder (missing {', '.join(missing)})")
+    raise FileNotFoundError(f"the Flickr8k subset that ships with unime is incomplete at {folder} "
+                            f"(missing {', '.join(missing)}): reinstall unime, or give --photos DIR")
 
 
 def _absolute(pairs: list[tuple[str, str]], images: Path) -> list[tuple[str, str]]:
@@ -60,9 +67,13 @@ def prepare_photos(photos: Path, data: Path, sizes: PhotoSizes) -> dict[str, int
     trained = write_train_pairs(train, data / "mmeb_train", NAME, captions_per_image=1, max_images=sizes.train_images)
     dev_groups = list(group_by_image(_absolute(read_caption_pairs(photos / "dev.csv", images), images)).items())
     dev_groups = dev_groups[:sizes.dev_images]
+    if len(dev_groups) < 2:
+        raise ValueError(f"{photos / 'dev.csv'}: {len(dev_groups)} image(s); the MMEB-style sets need at least 2")
     dev = [(image, caption) for image, captions in dev_groups for caption in captions]
-    queries = write_eval_sets(dev, data / "mmeb_eval", NAME, candidates=sizes.mmeb_candidates,
-                              max_images=sizes.mmeb_queries, seed=0)
+    # A smaller folder than the sizes ask for: the MMEB-style sets use the dev images there are.
+    mmeb_queries = min(sizes.mmeb_queries, len(dev_groups))
+    queries = write_eval_sets(dev, data / "mmeb_eval", NAME, candidates=min(sizes.mmeb_candidates, mmeb_queries),
+                              max_images=mmeb_queries, seed=0)
     (data / "retrieval").mkdir(parents=True, exist_ok=True)
     with (data / "retrieval" / RETRIEVAL_FILE).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

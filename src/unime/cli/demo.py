@@ -18,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "projector) with real Flickr8k photos, about 15 minutes on 2 cores; smol: SmolLM2-135M with a "
                         "small random LLaVA-style vision tower; tiny: a tiny random Qwen2-VL, about a minute")
     parser.add_argument("--photos", metavar="DIR",
-                        help="Flickr8k folder (train.csv, dev.csv, images/) for the real-photo sets of the seeing preset "
-                        "(default: ../shared/data/flickr8k when it exists; without it, synthetic sets only)")
+                        help="Flickr8k folder (train.csv, dev.csv, images/) for the real-photo sets of the seeing preset, "
+                        "such as the full split (default: the 1,000-photo subset that ships with unime)")
     parser.add_argument("--output-dir", "--out", dest="out", default="runs/demo",
                         help="output folder (default runs/demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
