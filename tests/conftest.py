@@ -13,7 +13,8 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Small excerpts of real data sets that ship with the tests (tests/data/README.md: sources, licences).
+TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
@@ -63,10 +64,9 @@ def images():
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is absent")
-    return SHARED_DATA
+def data_excerpts() -> Path:
+    """tests/data: excerpts of SNLI and SICK (tests/data/README.md)."""
+    return TEST_DATA
 
 
 @pytest.fixture(scope="module")

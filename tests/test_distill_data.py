@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from unime.training.text_data import data_fingerprint, read_sentences
@@ -72,9 +70,15 @@ def test_the_fingerprint_depends_on_content_and_order_only():
     assert data_fingerprint(["ab"]) != data_fingerprint(["a", "b"])
 
 
-def test_the_shared_snli_files_give_the_documented_sentence_count(shared_data):
-    folder = shared_data / "snli"
-    sentences = read_sentences([folder / name for name in ("s1.dev", "s2.dev", "s1.test", "s2.test")])
-    assert len(sentences) == 25741
+def test_the_snli_excerpt_gives_its_distinct_sentence_count(data_excerpts):
+    folder = data_excerpts / "snli"
+    files = [folder / name for name in ("s1.dev", "s2.dev", "s1.test", "s2.test")]
+    assert sum(len(path.read_text(encoding="utf-8").splitlines()) for path in files) == 120
+    # 30 lines a file; each premise is repeated for its 3 hypotheses, so 10 + 30 per split are distinct.
+    sentences = read_sentences(files)
+    assert len(sentences) == 80 == len(set(sentences))
+    assert sentences[0] == "Two women are embracing while holding to go packages ."
     triplets = read_sentences(folder / "snli_dev_triplets.csv")
-    assert len(triplets) > 2943 and json.dumps(triplets[:1])
+    assert len(triplets) == 60  # 20 rows of 3 sentences, none repeated
+    assert triplets[:3] == ["Two women are embracing while holding to go packages .", "Two woman are holding packages .",
+                            "The men are fighting outside a deli ."]

@@ -108,7 +108,7 @@ def test_mmeb_command_reports_a_missing_image(run_cli, tmp_path, capsys):
     assert "MMEB MSCOCO_t2i" in error and "row 0" in error and "tgt_img_path[1]" in error
 
 
-def test_retrieval_sugarcrepe_sts_and_compare(run_cli, tmp_path, capsys, shared_data):
+def test_retrieval_sugarcrepe_sts_and_compare(run_cli, tmp_path, capsys, data_excerpts):
     path = write_karpathy(tmp_path / "dataset_flickr30k.json", karpathy_images(tmp_path / "images", 3))
     assert (
         run_cli(
@@ -200,7 +200,7 @@ def test_retrieval_sugarcrepe_sts_and_compare(run_cli, tmp_path, capsys, shared_
     )
     assert "| swap_att | 100.0 |" in capsys.readouterr().out
 
-    sick = shared_data / "sick" / "sick_trial.jsonl"
+    sick = data_excerpts / "sick" / "sick_trial.jsonl"  # 12 pairs of SICK's TRIAL split
     assert (
         run_cli(
             [

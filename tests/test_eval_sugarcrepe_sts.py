@@ -109,9 +109,16 @@ def test_sts_bad_input_is_named(tmp_path):
         load_sts(tmp_path / "cols.jsonl")
 
 
-def test_sick_full_file_split_and_jsonl_agree(shared_data):
-    full = load_sts(shared_data / "sick" / "SICK.txt", split="test")
-    jsonl = load_sts(shared_data / "sick" / "sick_test.jsonl")
-    assert full.name == "sick" and len(full.scores) == 4906
-    assert full.sentences1 == jsonl.sentences1 and np.array_equal(full.scores, jsonl.scores)
-    assert len(load_sts(shared_data / "sick" / "SICK.txt", split="TRIAL").scores) == 495
+def test_sick_full_file_split_and_jsonl_agree(data_excerpts):
+    folder = data_excerpts / "sick"  # the first 60 pairs of SICK.txt and the JSON lines of its splits
+    full = load_sts(folder / "SICK.txt", split="test")
+    jsonl = load_sts(folder / "sick_test.jsonl")
+    assert full.name == "sick" and len(full.scores) == 36
+    assert full.sentences1 == jsonl.sentences1 and full.sentences2 == jsonl.sentences2
+    assert np.array_equal(full.scores, jsonl.scores)
+    trial = load_sts(folder / "SICK.txt", split="TRIAL")
+    assert len(trial.scores) == 2 and trial.scores.tolist() == [3.6, 3.4]
+    trial_jsonl = load_sts(folder / "sick_trial.jsonl")
+    assert len(trial_jsonl.scores) == 12 and trial_jsonl.sentences1[:2] == trial.sentences1
+    assert len(load_sts(folder / "SICK.txt", split="train").scores) == 22
+    assert len(load_sts(folder / "SICK.txt").scores) == 60

