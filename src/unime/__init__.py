@@ -47,7 +47,8 @@ def load(
         name_or_path: local folder or hub id. Hub ids are only fetched when given explicitly.
         trust_remote_code: allow hub remote code (needed for Phi-3.5-V); off by default.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; the library's default when None.
-        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``; float32 when None.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` (bfloat16 where the device has
+            native bf16 kernels, float32 elsewhere: :func:`unime.environment.compute_dtype`); float32 when None.
         mode: ``"sum"`` or ``"joint"`` for inputs that carry both text and image; overrides the
             saved setting.
 

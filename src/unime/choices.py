@@ -20,6 +20,10 @@ NEGATIVE_MODES = ("hard", "random", "easy", "all")
 INPUT_STYLES = ("raw", "prompted")
 # Order of the stage-2 data sets' batches (unime.training.mmeb_data).
 SAMPLING = ("proportional", "round_robin")
+# --dtype of eval, encode and serve; auto: the device's rule (unime.environment.compute_dtype).
+DTYPES = ("auto", "bfloat16", "float32", "float16")
+# A recipe's bf16; auto: bf16 autocast where the training device has native bf16 kernels.
+BF16_SETTINGS = ("auto", True, False)
 # Storage precision of a teacher cache (unime.training.teacher_cache).
 CACHE_DTYPES = ("float32", "float16")
 # Learning-rate schedules of transformers' Trainer that need no extra arguments.

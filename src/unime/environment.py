@@ -4,11 +4,15 @@ The training stages call :func:`require_compatible` before loading anything, so 
 fails with what to install instead, not with an error from deep inside peft about LoRA target
 modules. The rules are plain data (:data:`CONFLICTS`), each with the fix it recommends; the
 tested set of versions is the lock file ``constraints.txt`` that ``scripts/setup.sh`` installs.
+
+It also holds the one rule that picks the compute precision from the device
+(:func:`compute_dtype`): bf16 where the hardware has native bf16 kernels, float32 elsewhere.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import platform
 import sys
 from collections.abc import Callable
@@ -16,6 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
+
+from unime.choices import BF16_SETTINGS, DTYPES
+
+logger = logging.getLogger(__name__)
 
 # Distributions reported by `unime env`, in this order (distribution name, as pip spells it).
 PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "accelerate", "bitsandbytes", "deepspeed",
@@ -122,15 +130,100 @@ def require_compatible() -> None:
         raise IncompatibleEnvironment("incompatible packages installed:\n  - " + "\n  - ".join(problems))
 
 
+# Measured on 2 cores (docs/performance.md): without native kernels oneDNN emulates bf16 matmuls.
+_EMULATED_BF16 = ("matmuls run about 80x slower than float32 (measured: 2.4 GFLOPS in bf16 vs 190 in float32 "
+                  "on an AVX2-only CPU)")
+
+
+def default_device() -> str:
+    """Where a model goes when no device is given: the GPU when torch sees one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_capability() -> str:
+    """The CPU kernels ATen dispatches to (``AVX2``, ``AVX512``, ``DEFAULT``...)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_bf16_native() -> bool:
+    """Whether oneDNN has native bf16 matmul kernels on this CPU (AMX or AVX512-BF16).
+
+    Honours ``ONEDNN_MAX_CPU_ISA``: with ``AVX2`` it says False even on a CPU that has them."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def compute_dtype(device: Any = None) -> str:
+    """The compute dtype for ``device`` (default: :func:`default_device`), as a name ``unime.load`` takes.
+
+    ``"bfloat16"`` on a CUDA GPU with native bf16 (Ampere or later, ROCm) and on a CPU with native
+    bf16 matmul kernels (AMX or AVX512-BF16); ``"float32"`` everywhere else. Emulated bf16 is the
+    trap this rule avoids: on an AVX2-only CPU it is about 80x slower than float32, on a pre-Ampere
+    GPU slower than float16 or float32.
+    """
+    import torch
+
+    kind = torch.device(device if device is not None else default_device()).type
+    if kind == "cuda":
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    elif kind == "cpu":
+        native = cpu_bf16_native()
+    else:
+        native = False
+    return "bfloat16" if native else "float32"
+
+
+def _warn_if_emulated(device: Any, advice: str) -> None:
+    import torch
+
+    kind = torch.device(device if device is not None else default_device()).type
+    if kind == "cpu" and not cpu_bf16_native():
+        logger.warning("bf16 on this CPU has no native kernels (capability %s): %s; %s",
+                       cpu_capability(), _EMULATED_BF16, advice)
+
+
+def resolve_dtype(choice: str, device: Any = None) -> str:
+    """The dtype a ``--dtype`` choice means on ``device``: ``auto`` is :func:`compute_dtype`, any other
+    choice is kept, with a warning when ``bfloat16`` is asked on a CPU without native bf16 kernels."""
+    if choice not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {choice!r}")
+    if choice == "auto":
+        return compute_dtype(device)
+    if choice == "bfloat16":
+        _warn_if_emulated(device, "use --dtype auto or float32")
+    return choice
+
+
+def resolve_bf16(setting: bool | str, device: Any = None) -> bool:
+    """Whether a recipe's ``bf16`` (``auto``, true or false) means bf16 autocast on ``device``; true on a
+    CPU without native bf16 kernels is kept, with a warning."""
+    if setting not in BF16_SETTINGS or not isinstance(setting, (bool, str)):  # 1 == True: refused
+        raise ValueError(f"bf16 must be auto, true or false, got {setting!r}")
+    if setting == "auto":
+        return compute_dtype(device) == "bfloat16"
+    if setting:
+        _warn_if_emulated(device, "set bf16: auto or false in the recipe (or pass --bf16 auto / --no-bf16)")
+    return bool(setting)
+
+
 def device_summary() -> dict[str, Any]:
-    """torch's build and the accelerators it sees."""
+    """torch's build, the accelerators it sees, the CPU's kernels and the dtype ``auto`` picks."""
     import torch
 
     summary: dict[str, Any] = {"torch_cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-                               "cpu_threads": torch.get_num_threads()}
+                               "cpu_threads": torch.get_num_threads(), "cpu_capability": cpu_capability(),
+                               "cpu_bf16_native": cpu_bf16_native(), "auto_dtype": compute_dtype()}
     if torch.cuda.is_available():
         summary["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        summary["bf16_supported"] = torch.cuda.is_bf16_supported()
+        summary["bf16_supported"] = torch.cuda.is_bf16_supported(including_emulation=False)
     return summary
 
 

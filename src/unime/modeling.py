@@ -473,6 +473,10 @@ def load_model(
     """See :func:`unime.load`."""
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if dtype == "auto":  # the device's rule: bf16 where its kernels are native, else float32
+        from unime.environment import compute_dtype
+
+        dtype = compute_dtype(device)
     check_model_name(str(name_or_path), option="model", files=False)
     path = Path(name_or_path)
     if (path / "modules.json").is_file():

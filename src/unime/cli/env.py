@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         where = f"no GPU visible; CPU, {device['cpu_threads']} threads"
     print(f"device      torch {cuda}; {where}")
+    native = "native bf16 kernels" if device["cpu_bf16_native"] else "no native bf16 kernels (bf16 emulated, slow)"
+    print(f"cpu         capability {device['cpu_capability']}; {native}")
+    print(f"dtype auto  {device['auto_dtype']} (what --dtype auto and bf16: auto pick on this machine)")
     if info["problems"]:
         print("\nKNOWN INCOMPATIBILITIES:")
         for problem in info["problems"]:
