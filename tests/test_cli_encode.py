@@ -35,7 +35,7 @@ def test_encode_writes_rows_in_input_order(tiny_model_factory, rows_file, tmp_pa
     model_dir = str(tiny_model_factory("qwen2_vl"))
     out = tmp_path / "emb.npy"
     assert main(["encode", "--model", model_dir, "--input", str(path), "--output", str(out),
-                 "--batch-size", "2", "--mode", "joint", "--no-progress"]) == 0
+                 "--batch-size", "2", "--mode", "joint", "--dtype", "float32", "--no-progress"]) == 0
     got = np.load(out)
     model = unime.load(model_dir, mode="joint")
     for index, row in enumerate(rows):

@@ -213,7 +213,7 @@ def test_unime_encode_cli_handles_and_refuses_like_the_library(tiny_model_factor
     out = tmp_path / "emb.npy"
     model_dir = str(tiny_model_factory("llava"))
     assert main(["encode", "--model", model_dir, "--input", str(rows), "--output", str(out),
-                 "--mode", "joint", "--no-progress"]) == 0
+                 "--mode", "joint", "--dtype", "float32", "--no-progress"]) == 0
     expected = model.encode([decode_rgb(image_dir / name) for name in GOOD], batch_size=4)
     np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
     bad = tmp_path / "bad.jsonl"

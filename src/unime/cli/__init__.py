@@ -30,6 +30,11 @@ _COMMANDS = (
 )
 
 
+# --dtype of the commands that load a model for inference (eval, encode, serve).
+DTYPE_HELP = ("compute dtype (default auto: bfloat16 on a GPU with bf16 and on a CPU with native bf16 kernels, AMX "
+              "or AVX512-BF16; float32 elsewhere, where bf16 is emulated and about 80x slower)")
+
+
 class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 

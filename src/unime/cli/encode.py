@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from unime.choices import DTYPES
+from unime.cli import DTYPE_HELP
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -19,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, help="embeddings .npy")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--mode", default=None, choices=["sum", "joint"], help="override the saved mode")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -57,12 +60,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     import unime
+    from unime.environment import resolve_dtype
 
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     rows = read_rows(Path(args.input))
     model = unime.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device,
-                       dtype=args.dtype, mode=args.mode)
+                       dtype=resolve_dtype(args.dtype, args.device), mode=args.mode)
     # encode sorts by length for less padding and returns rows in input order.
     embeddings = model.encode(rows, batch_size=args.batch_size, show_progress_bar=not args.no_progress)
     output = Path(args.output)

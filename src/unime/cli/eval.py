@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from unime.cli import CLIError
+from unime.choices import DTYPES
+from unime.cli import DTYPE_HELP, CLIError
 from unime.cli.recipe_flags import split_names
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1, ... (under torchrun: cuda:LOCAL_RANK)"
     )
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--mode", default=None, choices=["sum", "joint"], help="override the saved mode")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -68,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["vlm2vec", "unime"],
         help="vlm2vec (default): VLM2Vec v1 eval.py, which produced UniME's MMEB numbers: the raw text with "
         "<|image_1|> as the backbone's bare image token, no chat template or summary prompt, square image "
-        "resize, per-backbone max length, argmax ties, bf16 unless --dtype says otherwise; unime: the model's "
+        "resize, per-backbone max length, argmax ties, bf16 (--dtype auto keeps it where bf16 is native, else "
+        "float32; the result records the dtype used); unime: the model's "
         "own prompts and mode, the processor's own image size, strict ties (docs/evaluation.md)",
     )
     mmeb.add_argument(
@@ -189,6 +191,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _load_model(args: argparse.Namespace) -> Any:
     import unime
+    from unime.environment import resolve_dtype
 
     _init_distributed()
     device = args.device
@@ -196,6 +199,8 @@ def _load_model(args: argparse.Namespace) -> Any:
         import torch
 
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    # The dtype actually used, which the mmeb result records: auto is the device's rule.
+    args.dtype = resolve_dtype(args.dtype, device)
     return unime.load(
         args.model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype, mode=args.mode
     )
@@ -217,6 +222,8 @@ def _finish(args: argparse.Namespace, task: str, metrics: dict[str, float], conf
         return 0
     print(markdown_report(task, metrics), end="")
     if args.output:
+        # The dtype the model ran in (what --dtype auto resolved to on this device), beside the scores.
+        config = {**config, "dtype": args.dtype}
         markdown = write_results(args.output, task, metrics, model=args.model, config=config)
         print(f"wrote {args.output} and {markdown}")
     if args.compare:
@@ -257,8 +264,6 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
         raise CLIError("--max-length and --image-resolution belong to --protocol vlm2vec; the unime protocol "
                        "uses the model's prompts and the processor's own image size")
     protocol = MMEBProtocol(args.protocol, args.image_resolution, args.max_length, args.ties)
-    if args.dtype is None and args.protocol == "vlm2vec":
-        args.dtype = "bfloat16"  # VLM2Vec v1 runs the model in bf16
     output = Path(args.output)
     if output.suffix.lower() != ".json":
         raise CLIError(f"--output {output}: expected a .json file")
@@ -288,7 +293,6 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
         "datasets": split_names(args.datasets),
         "cache_dir": str(cache_dir),
         "protocol": protocol.describe(model),
-        "dtype": args.dtype,
         "save_scores": args.save_scores,
     }
     return _finish(args, "mmeb", metrics, config)

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unime.cli import CLIError
+from unime.choices import DTYPES
+from unime.cli import DTYPE_HELP, CLIError
 
 if TYPE_CHECKING:
     from unime.serve.settings import ServeSettings
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", help="id reported to clients (default: the model folder name)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: the library's choice)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--mode", choices=("sum", "joint"), help="override the saved text+image mode")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
     parser.add_argument(
@@ -98,16 +99,18 @@ def handler(args: argparse.Namespace) -> int:
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
 
     import unime
+    from unime.environment import resolve_dtype
 
+    dtype = resolve_dtype(args.dtype, args.device)
     model = unime.load(
         args.model,
         trust_remote_code=args.trust_remote_code,
         device=args.device,
-        dtype=args.dtype,
+        dtype=dtype,
         mode=args.mode,
     )
     app = create_app(model, settings)
-    logger.info("serving %s as %r on http://%s:%d", args.model, settings.model_name, args.host, args.port)
+    logger.info("serving %s as %r in %s on http://%s:%d", args.model, settings.model_name, dtype, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
