@@ -288,7 +288,7 @@ def test_the_recipe_refuses_settings_that_do_not_apply_and_the_cli_has_no_flag_f
         AlignRecipe(max_caption_tokens=0)
     recipe = AlignRecipe.from_yaml("align-smol")
     assert (recipe.model, recipe.output_dir, recipe.learning_rate, recipe.bf16) == ("unime-smol", "runs/align-smol",
-                                                                                    1e-3, True)
+                                                                                    1e-3, "auto")
     assert recipe.data == ["../shared/data/flickr8k/train.csv"] and recipe.image_root.endswith("flickr8k/images")
     with pytest.raises(SystemExit):
         main(["align", "--lora-r", "8"])

@@ -120,14 +120,16 @@ def test_torchrun_with_two_processes_logs_the_single_process_losses(tiny_model_f
 
     data = tmp_path / "data.txt"
     data.write_text("\n".join(f"{s} number {i}" for i, s in enumerate(SENTENCES * 3)))
+    # float32 on every host (bf16: auto would pick bf16 where it is native, too coarse for rel 1e-4).
     settings = dict(model=str(tiny_model_factory("llava")), data=[str(data)], max_steps=3, batch_size=8,
-                    save_steps=3, logging_steps=1, cache=str(tmp_path / "cache"))
+                    save_steps=3, logging_steps=1, cache=str(tmp_path / "cache"), bf16=False)
     run_distill(DistillRecipe(output_dir=str(tmp_path / "one"), **settings))
     launcher = tmp_path / "launch.py"
     launcher.write_text(_LAUNCHER)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(launcher), "distill",
                "--model", settings["model"], "--data", str(data), "--cache", settings["cache"], "--output-dir",
-               str(tmp_path / "two"), "--max-steps", "3", "--batch-size", "8", "--save-steps", "3", "--logging-steps", "1"]
+               str(tmp_path / "two"), "--max-steps", "3", "--batch-size", "8", "--save-steps", "3", "--logging-steps", "1",
+               "--no-bf16"]
     subprocess.run(command, check=True, capture_output=True, timeout=300)
 
     def history(run: str) -> list[tuple[float, float]]:

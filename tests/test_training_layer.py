@@ -50,9 +50,11 @@ def _trainable(model) -> dict[str, torch.Tensor]:
 
 
 def _train(model_path: Path, out: Path, tuning: str = "lora", callbacks=None, resume: bool = False, **settings):
+    # float32 on every host: bf16 auto would pick bf16 autocast where the CPU has native kernels, and the
+    # trained model's forward keeps that autocast, so its embeddings would not match a reloaded copy's.
     recipe = TrainRecipe(model=str(model_path), output_dir=str(out), tuning=tuning, batch_size=4, max_steps=4,
                          save_steps=2, logging_steps=1, lora_r=4, lora_alpha=8, learning_rate=1e-2, resume=resume,
-                         **settings)
+                         **{"bf16": False, **settings})
     seed_everything(recipe.seed)
     model = load_for_tuning(recipe.model, method=recipe.tuning)
     apply_tuning(model, recipe.tuning, recipe.scope, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)

@@ -56,7 +56,8 @@ def test_cpu_and_deepspeed_recipes_load():
 def test_defaults_are_the_papers_and_bad_settings_name_the_setting():
     assert TuneRecipe().to_dict() == TuneRecipe.from_yaml("tune-llava16").to_dict() | {
         "model": "", "data": "", "image_root": "", "output_dir": "", "datasets": None, "split": None,
-        "trust_remote_code": False, "save_steps": 200, "save_total_limit": 2, "mini_batch_size": 2}
+        "trust_remote_code": False, "save_steps": 200, "save_total_limit": 2, "mini_batch_size": 2,
+        "bf16": "auto"}  # the default: bf16 where the device has native kernels; the paper's recipes ask for bf16
     assert issubclass(TuneRecipe, TrainRecipe)
     for settings, message in [
         ({"negatives": "hardest"}, "negatives must be one of hard, random, easy, all"),

@@ -51,8 +51,9 @@ class DemoPreset:
     eval_batch: int = 32
     # Ablation runs are evaluated on these only (all runs keep their training curves).
     ablation_eval: tuple[str, ...] = ("mmeb", "sugarcrepe")
-    # bf16 autocast for training and evaluation (about 2x faster than fp32 on a CPU with AVX512-BF16).
-    bf16: bool = False
+    # bf16 autocast for training and evaluation: auto where the CPU has native bf16 kernels (about 2x faster
+    # than fp32 with AVX512-BF16), fp32 elsewhere (emulated bf16 is about 80x slower; unime.environment).
+    bf16: bool | str = False
     # What learns in stage 2: the tiny model is small enough to tune in full; the smol model's vision
     # tower and projector start random, so they train in full beside the LoRA adapter.
     tune_tuning: str = "lora"
@@ -78,7 +79,7 @@ PRESETS: dict[str, DemoPreset] = {
         synth=dict(train_per_dataset=64, eval_queries=8, eval_candidates=8, retrieval_images=24,
                    captions_per_image=2, sugarcrepe_per_split=16, nli_rows=400, sts_pairs=80, image_size=32),
         distill_steps=20, distill_batch=32, distill_lr=2e-4,
-        tune_steps=12, tune_batch=16, tune_mini_batch=None, tune_lr=2e-4, ablation_steps=6, bf16=True,
+        tune_steps=12, tune_batch=16, tune_mini_batch=None, tune_lr=2e-4, ablation_steps=6, bf16="auto",
         ablation_eval=("sugarcrepe",), tune_full_modules=("vision_tower", "multi_modal_projector"),
     ),
     # The seeing default (SmolLM2-135M + ImageNet MobileNetV2 + the shipped aligned projector) at
@@ -89,7 +90,7 @@ PRESETS: dict[str, DemoPreset] = {
         synth=dict(train_per_dataset=32, eval_queries=4, eval_candidates=4, retrieval_images=8,
                    captions_per_image=2, sugarcrepe_per_split=8, nli_rows=400, sts_pairs=60, image_size=64),
         distill_steps=16, distill_batch=32, distill_lr=2e-4,
-        tune_steps=10, tune_batch=16, tune_mini_batch=None, tune_lr=2e-4, ablation_steps=5, bf16=True,
+        tune_steps=10, tune_batch=16, tune_mini_batch=None, tune_lr=2e-4, ablation_steps=5, bf16="auto",
         ablation_eval=("photos", "sugarcrepe"),
         photos=PhotoSizes(train_images=320, dev_images=50, mmeb_queries=24, mmeb_candidates=12),
     ),
@@ -129,7 +130,7 @@ SIMILARITY_PAIRS = 20
 
 
 def evaluate_model(model_dir: Path, data: Path, batch_size: int, tasks: tuple[str, ...], *,
-                   bf16: bool = False, similarity: bool = False) -> tuple[dict[str, float], Any]:
+                   bf16: bool | str = False, similarity: bool = False) -> tuple[dict[str, float], Any]:
     """Every demo metric of one model (percentages) on the synthetic sets, and, with ``similarity``,
     its image-caption cosine-similarity matrix (else None). The model is loaded once for both."""
     import torch
@@ -137,7 +138,9 @@ def evaluate_model(model_dir: Path, data: Path, batch_size: int, tasks: tuple[st
     import unime
 
     model = unime.load(str(model_dir))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    from unime.environment import resolve_bf16
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_bf16(bf16, "cpu")):
         return _evaluate(model, data, batch_size, tasks), _similarity(model, data) if similarity else None
 
 

@@ -1,7 +1,8 @@
 """Command-line flags derived from a recipe dataclass: one flag per field, so every field can be
 overridden and the training commands share their flags by construction.
 
-A field's type gives the flag's kind: ``bool`` a ``--x/--no-x`` pair, ``int``/``float``/``str`` a
+A field's type gives the flag's kind: ``bool`` a ``--x/--no-x`` pair (with ``choices``, such as
+``bf16``'s ``auto``, ``--x VALUE`` also takes a named value), ``int``/``float``/``str`` a
 value (with the field's ``choices``), ``list[str]`` one or more values (space- or
 comma-separated), ``dict[str, float]`` ``NAME=VALUE`` items. A flag left out keeps the recipe's
 value; ``null_flag`` (e.g. ``--mini-batch-size 0``) sets the field to null. The library never
@@ -51,6 +52,22 @@ def _weights(values: list[str]) -> dict[str, float]:
     return weights
 
 
+def _switch_name(choice: Any) -> str:
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
+
+
+def _switch_value(flag: str, choices: tuple[Any, ...]) -> Any:
+    """The argparse ``type`` of a switch with named values: ``true`` / ``false`` / a named choice."""
+    names = {_switch_name(choice): choice for choice in choices}
+
+    def parse(text: str) -> Any:
+        if text.lower() not in names:
+            raise argparse.ArgumentTypeError(f"{flag} takes {', '.join(names)}, got {text!r}")
+        return names[text.lower()]
+
+    return parse
+
+
 def add_recipe_flags(parser: argparse.ArgumentParser, recipe_cls: type, *, skip: tuple[str, ...] = ()) -> None:
     """Add one flag per field of ``recipe_cls`` (its metadata gives help, choices and aliases)."""
     hints = typing.get_type_hints(recipe_cls)
@@ -62,7 +79,13 @@ def add_recipe_flags(parser: argparse.ArgumentParser, recipe_cls: type, *, skip:
         flag = "--" + spec.name.replace("_", "-")
         kind, args = _base_type(hints[spec.name])
         options: dict[str, Any] = {"dest": spec.name, "default": None, "help": meta.get("help", "")}
-        if kind is bool:
+        if kind is bool and meta.get("choices"):
+            # A switch with named values too (bf16: auto): --x alone is true, --x VALUE picks one, --no-x false.
+            group.add_argument(flag, nargs="?", const=True, type=_switch_value(flag, meta["choices"]),
+                               metavar="{" + ",".join(_switch_name(c) for c in meta["choices"]) + "}", **options)
+            group.add_argument("--no-" + flag[2:], dest=spec.name, action="store_const", const=False, default=None,
+                               help=f"same as {flag} false")
+        elif kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         elif kind is list:
             group.add_argument(flag, nargs="+", metavar=spec.name.upper(), **options)

@@ -26,6 +26,7 @@ import yaml
 from unime.choices import (
     ALIGN_SCOPES,
     ALIGN_TUNING,
+    BF16_SETTINGS,
     CACHE_DTYPES,
     DIRECTIONS,
     INPUT_STYLES,
@@ -37,6 +38,8 @@ from unime.choices import (
 )
 
 RECIPE_FILE = "unime_recipe.yaml"
+BF16_HELP = ("bf16 autocast: auto (bf16 where the device has native bf16 kernels: a GPU with bf16, a CPU with "
+             "AMX or AVX512-BF16; float32 elsewhere), true or false")
 CHECKPOINT_SUBDIR = "checkpoints"
 CACHE_SUBDIR = "teacher-cache"
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -109,7 +112,10 @@ def setting_type_problem(cls: type, name: str, value: Any) -> str | None:
     hint = typing.get_type_hints(cls).get(name)
     if hint is None or _matches(hint, value):
         return None
-    return f"setting {name} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})"
+    choices = next((spec.metadata.get("choices") for spec in fields(cls) if spec.name == name), None)
+    expected = _type_name(hint) if not choices else "one of " + ", ".join(
+        str(choice).lower() if isinstance(choice, bool) else choice for choice in choices)
+    return f"setting {name} must be {expected}, got {value!r} ({type(value).__name__})"
 
 
 def check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -156,7 +162,7 @@ class TrainRecipe:
     mini_batch_size: int | None = setting(None, "GradCache chunk size, bounds activation memory (0: GradCache off)",
                                           null_flag=0)
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimiser step (each its own in-batch matrix)")
-    bf16: bool = setting(False, "bf16 autocast")
+    bf16: bool | str = setting("auto", BF16_HELP, choices=BF16_SETTINGS)
     seed: int = setting(42, "seeds the adapter initialisation, the data order and dropout")
     logging_steps: int = setting(10, "log every N steps")
     save_steps: int = setting(50, "checkpoint every N steps")
@@ -169,6 +175,8 @@ class TrainRecipe:
         # Against the field's own choices: a stage may narrow them (align: the projector alone, in full).
         for name in ("tuning", "scope", "lr_scheduler"):
             check_choice(name, getattr(self, name), self.field_choices(name))
+        if self.bf16 not in BF16_SETTINGS or not isinstance(self.bf16, (bool, str)):  # 1 == True: refused
+            raise ValueError(f"bf16 must be auto, true or false, got {self.bf16!r}")
         for name in ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "logging_steps",
                      "save_steps"):
             check_positive(name, getattr(self, name))
@@ -333,7 +341,6 @@ class TuneRecipe(TrainRecipe):
     batch_size: int = setting(1024, "global batch: rows per optimiser step over all processes (the loss sees it whole)")
     mini_batch_size: int | None = setting(2, "GradCache chunk size, bounds activation memory (0: GradCache off)",
                                           null_flag=0)
-    bf16: bool = setting(True, "bf16 autocast")
     logging_steps: int = setting(1, "log every N steps")
     save_steps: int = setting(200, "checkpoint every N steps")
     data: str = setting("", "MMEB-train folder (one sub-folder or file per data set) or one data file")
@@ -409,7 +416,7 @@ class AlignRecipe(TrainRecipe):
     language-model loss on image-caption pairs; the vision tower and the LLM stay frozen, so
     ``tuning`` is ``full`` and ``scope`` is ``projector`` and nothing else, and the LoRA settings
     (:data:`ALIGN_INAPPLICABLE`) do not apply. Defaults follow LLaVA-1.5's pretraining (lr 1e-3,
-    cosine schedule after a short warm-up, no weight decay, bf16) at a CPU-sized batch of 32.
+    cosine schedule after a short warm-up, no weight decay, bf16 where native) at a CPU-sized batch of 32.
     """
 
     tuning: str = setting("full", "what learns: the projector's full weights (the only choice in align)",
@@ -423,7 +430,6 @@ class AlignRecipe(TrainRecipe):
     batch_size: int = setting(32, "global batch: image-caption rows per optimiser step over all processes")
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimiser step (the loss is the mean over "
                                                "all their caption tokens)")
-    bf16: bool = setting(True, "bf16 autocast")
     seed: int = setting(42, "seeds the data order")
     save_steps: int = setting(100, "checkpoint every N steps")
     data: list[str] = setting(help="image-caption files: CSV with an image,caption header, or JSONL rows "

@@ -27,6 +27,7 @@ import torch
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from unime.environment import default_device, resolve_bf16
 from unime.integrity import CorruptFileError, check_file, file_entry, write_json_atomic
 from unime.training.adapters import has_adapter
 from unime.training.recipes import TrainRecipe
@@ -255,11 +256,15 @@ def training_settings(recipe: TrainRecipe, **extra: Any) -> dict[str, Any]:
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
     if recipe.batch_size % ranks:
         raise ValueError(f"batch_size {recipe.batch_size} does not split over {ranks} processes")
+    # bf16 auto: autocast where the training device has native bf16 kernels (unime.environment.compute_dtype).
+    bf16 = resolve_bf16(recipe.bf16, default_device())
+    if recipe.bf16 == "auto":
+        logger.info("bf16 auto: %s", "bf16 autocast" if bf16 else "float32 (no native bf16 kernels here)")
     settings: dict[str, Any] = dict(
         output_dir=str(recipe.checkpoint_dir()), per_device_train_batch_size=recipe.batch_size // ranks,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps, learning_rate=recipe.learning_rate,
         warmup_steps=recipe.warmup_steps, weight_decay=recipe.weight_decay, lr_scheduler_type=recipe.lr_scheduler,
-        max_grad_norm=recipe.max_grad_norm, max_steps=recipe.max_steps, num_train_epochs=recipe.epochs, bf16=recipe.bf16,
+        max_grad_norm=recipe.max_grad_norm, max_steps=recipe.max_steps, num_train_epochs=recipe.epochs, bf16=bf16,
         seed=recipe.seed, data_seed=recipe.seed, logging_steps=recipe.logging_steps, save_strategy="steps",
         save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit, report_to="none",
         # The in-batch losses need full batches, and equal shards keep the ranks in step.
