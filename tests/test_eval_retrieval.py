@@ -15,7 +15,13 @@ from eval_fixtures import (
     write_urban1k,
 )
 
-from unime.evaluation.retrieval import RetrievalDataset, evaluate_retrieval, load_retrieval
+from unime.evaluation.retrieval import (
+    RetrievalDataset,
+    evaluate_retrieval,
+    load_retrieval,
+    recall_from_ranks,
+    retrieval_ranks,
+)
 
 
 def _hand_dataset(tmp_path):
@@ -42,6 +48,21 @@ def test_recall_hand_computed(tmp_path):
     assert metrics["retrieval/hand/i2t_R@1"] == pytest.approx(200 / 3)
     assert metrics["retrieval/hand/i2t_R@10"] == 100.0
     assert metrics["retrieval/mean_R@1"] == pytest.approx((50 + 200 / 3) / 2)
+
+
+def _hand_model():
+    return LookupModel({"i0.png": [1, 0], "i1.png": [0, 1], "i2.png": [1, 1],
+                        "a": [1, 0.1], "b": [0.2, 1], "c": [0.9, 1], "d": [1, 1]})
+
+
+def test_per_query_ranks_are_what_recall_averages(tmp_path):
+    # The worked example's ranks (docs/evaluation.md): I1's caption c is beaten by b; b ranks two
+    # images above its own, c one.
+    ranks = retrieval_ranks(_hand_model(), _hand_dataset(tmp_path))
+    assert ranks["i2t"].tolist() == [0, 1, 0] and ranks["t2i"].tolist() == [0, 2, 1, 0]
+    metrics = evaluate_retrieval(_hand_model(), [_hand_dataset(tmp_path)])
+    assert {f"retrieval/hand/{key}": value for key, value in recall_from_ranks(ranks).items()} == {
+        key: value for key, value in metrics.items() if key.startswith("retrieval/hand/")}
 
 
 def test_ties_count_against_the_model(tmp_path):

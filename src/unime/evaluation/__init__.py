@@ -4,7 +4,9 @@ An evaluator is ``evaluate_x(model, datasets, batch_size=...) -> dict[str, float
 (``mmeb/ImageNet-1K/precision@1``, ``retrieval/flickr30k/i2t_R@1``, ``sugarcrepe/swap_obj/accuracy``,
 ``sts/sick/spearman``); every value is a percentage. Readers (``load_x``) build the dataset objects,
 :mod:`unime.evaluation.runner` adds caching and resumption, :mod:`unime.evaluation.report` writes
-JSON and markdown, :mod:`unime.evaluation.st_evaluators` wraps the evaluators for the trainer.
+JSON and markdown, :mod:`unime.evaluation.st_evaluators` wraps the evaluators for the trainer, and
+:mod:`unime.evaluation.bootstrap` puts confidence intervals on scores from their per-query hits
+(``retrieval_ranks`` keeps them for R@K).
 
 Names are imported on first use, so ``import unime.evaluation`` stays cheap.
 """
@@ -25,6 +27,10 @@ _EXPORTS = {
     "evaluate_retrieval": "retrieval",
     "load_retrieval": "retrieval",
     "RetrievalDataset": "retrieval",
+    "retrieval_ranks": "retrieval",
+    "recall_from_ranks": "retrieval",
+    "bootstrap_interval": "bootstrap",
+    "paired_bootstrap_interval": "bootstrap",
     "evaluate_sugarcrepe": "sugarcrepe",
     "load_sugarcrepe": "sugarcrepe",
     "SugarCrepeSplit": "sugarcrepe",

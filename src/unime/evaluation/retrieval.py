@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,6 +240,20 @@ def _ranks_image_to_text(text: np.ndarray, image: np.ndarray, owner: np.ndarray)
     return ranks
 
 
+def query_ranks(text_embeddings: np.ndarray, image_embeddings: np.ndarray,
+                caption_image: np.ndarray) -> dict[str, np.ndarray]:
+    """Per query, how many wrong items score at least as high as its positive (dot product):
+    ``{"i2t": one per image, "t2i": one per caption}``. A query is a hit at K when its rank is < K."""
+    return {"i2t": _ranks_image_to_text(text_embeddings, image_embeddings, caption_image),
+            "t2i": _ranks_text_to_image(text_embeddings, image_embeddings, caption_image)}
+
+
+def recall_from_ranks(ranks: Mapping[str, np.ndarray], ks: Sequence[int] = RECALL_AT) -> dict[str, float]:
+    """``{"i2t_R@k", "t2i_R@k"}`` percentages from :func:`query_ranks`' per-query ranks."""
+    return {f"{direction}_R@{k}": percent(int((ranks[direction] < k).sum()), len(ranks[direction]))
+            for direction in ("i2t", "t2i") for k in ks}
+
+
 def recall_at_k(
     text_embeddings: np.ndarray,
     image_embeddings: np.ndarray,
@@ -247,11 +261,20 @@ def recall_at_k(
     ks: Sequence[int] = RECALL_AT,
 ) -> dict[str, float]:
     """``{"i2t_R@k", "t2i_R@k"}`` percentages from caption and image embeddings (dot product)."""
-    t2i = _ranks_text_to_image(text_embeddings, image_embeddings, caption_image)
-    i2t = _ranks_image_to_text(text_embeddings, image_embeddings, caption_image)
-    metrics = {f"i2t_R@{k}": percent(int((i2t < k).sum()), len(i2t)) for k in ks}
-    metrics.update({f"t2i_R@{k}": percent(int((t2i < k).sum()), len(t2i)) for k in ks})
-    return metrics
+    return recall_from_ranks(query_ranks(text_embeddings, image_embeddings, caption_image), ks)
+
+
+def retrieval_ranks(
+    model: Any, dataset: RetrievalDataset, batch_size: int = 32, show_progress_bar: bool = False
+) -> dict[str, np.ndarray]:
+    """The model's per-query ranks on one dataset (:func:`query_ranks`, from cosine similarity):
+    what R@K averages, kept per query for bootstrap intervals (:mod:`unime.evaluation.bootstrap`)."""
+    inputs = [make_input(None, image) for image in dataset.images] + list(dataset.captions)
+    embeddings = encode_unique(model, inputs, batch_size, show_progress_bar)
+    n = len(dataset.images)
+    # Cosine similarity, from rows normalised again in float32 (bf16 rows are only nearly unit).
+    embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    return query_ranks(embeddings[n:], embeddings[:n], dataset.caption_image)
 
 
 def evaluate_retrieval(
@@ -265,12 +288,7 @@ def evaluate_retrieval(
     metrics: dict[str, float] = {}
     r_at_1 = []
     for dataset in datasets:
-        inputs = [make_input(None, image) for image in dataset.images] + list(dataset.captions)
-        embeddings = encode_unique(model, inputs, batch_size, show_progress_bar)
-        n = len(dataset.images)
-        # Cosine similarity, from rows normalised again in float32 (bf16 rows are only nearly unit).
-        embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-        scores = recall_at_k(embeddings[n:], embeddings[:n], dataset.caption_image)
+        scores = recall_from_ranks(retrieval_ranks(model, dataset, batch_size, show_progress_bar))
         metrics.update({f"retrieval/{dataset.name}/{key}": value for key, value in scores.items()})
         r_at_1 += [scores["i2t_R@1"], scores["t2i_R@1"]]
     if r_at_1:
