@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,17 +97,6 @@ PRESETS: dict[str, DemoPreset] = {
 DEFAULT_PRESET = "seeing"
 
 
-class _Step:
-    """Prints what the demo is doing and how long each part took."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.index, self.start = total, 0, time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        self.index += 1
-        print(f"[{self.index}/{self.total} {time.perf_counter() - self.start:6.0f}s] {message}", flush=True)
-
-
 def _log_recorder(path: Path) -> Any:
     """A trainer callback writing every log line (loss, grad_norm, mining statistics) to a JSONL file."""
     from transformers import TrainerCallback
@@ -129,10 +117,22 @@ SIMILARITY_MODELS = ("base", "stage 1", "stage 1+2")
 SIMILARITY_PAIRS = 20
 
 
+@dataclass
+class ModelScores:
+    """What the demo keeps of one model's evaluation."""
+
+    metrics: dict[str, float]  # percentages, keyed as the evaluators key them
+    # Per-query retrieval ranks, ``retrieval/<set>/i2t`` (one per image) and ``/t2i`` (one per caption):
+    # a query is a hit at K when its rank is < K; the report's bootstrap intervals resample them.
+    ranks: dict[str, Any]
+    similarity: Any = None  # image-caption cosine matrix (``similarity=True`` only)
+
+
 def evaluate_model(model_dir: Path, data: Path, batch_size: int, tasks: tuple[str, ...], *,
-                   bf16: bool | str = False, similarity: bool = False) -> tuple[dict[str, float], Any]:
-    """Every demo metric of one model (percentages) on the synthetic sets, and, with ``similarity``,
-    its image-caption cosine-similarity matrix (else None). The model is loaded once for both."""
+                   bf16: bool | str = False, similarity: bool = False) -> ModelScores:
+    """Every demo metric of one model (percentages) on the synthetic sets, the per-query retrieval
+    ranks behind its R@K, and, with ``similarity``, its image-caption cosine-similarity matrix. The
+    model is loaded once for all of it."""
     import torch
 
     import unime
@@ -141,7 +141,8 @@ def evaluate_model(model_dir: Path, data: Path, batch_size: int, tasks: tuple[st
     from unime.environment import resolve_bf16
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_bf16(bf16, "cpu")):
-        return _evaluate(model, data, batch_size, tasks), _similarity(model, data) if similarity else None
+        metrics, ranks = _evaluate(model, data, batch_size, tasks)
+        return ModelScores(metrics, ranks, _similarity(model, data) if similarity else None)
 
 
 def _similarity(model: Any, data: Path) -> Any:
@@ -157,35 +158,45 @@ def _similarity(model: Any, data: Path) -> Any:
     return similarity_matrix(model, images, captions)
 
 
-def _evaluate(model: Any, data: Path, batch_size: int, tasks: tuple[str, ...]) -> dict[str, float]:
+def _evaluate(model: Any, data: Path, batch_size: int,
+              tasks: tuple[str, ...]) -> tuple[dict[str, float], dict[str, Any]]:
     from unime.evaluation import (
         evaluate_mmeb,
-        evaluate_retrieval,
         evaluate_sts,
         evaluate_sugarcrepe,
         load_mmeb,
         load_retrieval,
         load_sts,
         load_sugarcrepe,
+        recall_from_ranks,
+        retrieval_ranks,
     )
 
     images = data / "images"
     metrics: dict[str, float] = {}
+    ranks: dict[str, Any] = {}
+
+    def retrieval(dataset: Any) -> None:
+        """R@K of one retrieval set, and the per-query ranks they count."""
+        per_query = retrieval_ranks(model, dataset, batch_size)
+        prefix = f"retrieval/{dataset.name}"
+        metrics.update({f"{prefix}/{key}": value for key, value in recall_from_ranks(per_query).items()})
+        ranks.update({f"{prefix}/{direction}": values for direction, values in per_query.items()})
+
     if "mmeb" in tasks:
         groups = {name: (info["meta_task"], info["split"])
                   for name, info in json.loads((data / "mmeb_eval" / "splits.json").read_text()).items()}
         metrics.update(evaluate_mmeb(model, load_mmeb(data / "mmeb_eval", images), batch_size, groups=groups))
     if "retrieval" in tasks:
-        dataset = load_retrieval(data / "retrieval" / "synth_karpathy.json", images, name="synth")
-        metrics.update(evaluate_retrieval(model, [dataset], batch_size))
+        retrieval(load_retrieval(data / "retrieval" / "synth_karpathy.json", images, name="synth"))
     if "sugarcrepe" in tasks:
         metrics.update(evaluate_sugarcrepe(model, load_sugarcrepe(data / "sugarcrepe", images), batch_size))
     if "sts" in tasks:
         metrics.update(evaluate_sts(model, [load_sts(data / "text" / "sts.jsonl", name="synth")], batch_size))
     photos = data / "retrieval" / RETRIEVAL_FILE
     if "photos" in tasks and photos.is_file():
-        metrics.update(evaluate_retrieval(model, [load_retrieval(photos, photos.parent, name="flickr8k")], batch_size))
-    return metrics
+        retrieval(load_retrieval(photos, photos.parent, name="flickr8k"))
+    return metrics, ranks
 
 
 def _build_base(preset: DemoPreset, folder: Path) -> Path:
@@ -231,9 +242,10 @@ def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *, overwrite: b
              photos: str | Path | None = None) -> dict[str, dict[str, float]]:
     """Run the demo into ``out``; returns ``{model name: metrics}`` and writes report, JSON and figures.
 
-    ``photos``: a Flickr8k folder (see :mod:`unime.demo_photos`); by default the subset that ships with unime."""
+    ``photos``: a Flickr8k folder (see :mod:`unime.demo_photos`); by default the subset that ships with unime.
+    The console gets one line per step; the libraries' bars, log lines and warnings go to ``out/demo.log``."""
+    from unime.demo_progress import DemoConsole
     from unime.environment import require_compatible
-    from unime.synth import SynthConfig, generate
 
     require_compatible()
     if preset_name not in PRESETS:
@@ -246,46 +258,53 @@ def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *, overwrite: b
             raise FileExistsError(f"--output-dir {out} exists and is not empty (use --overwrite)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    step = _Step(total=4 + 2 * len(STAGE_RUNS) + 2)
+    # Data, model, its zero-shot evaluation; stage 1 and each stage-2 run, trained then evaluated; the report.
+    with DemoConsole(total=3 + 2 * (1 + len(STAGE_RUNS)) + 1, log=out / "demo.log") as console:
+        scores, report = _run_steps(console, preset, photo_dir, out)
+    print(report)
+    return {name: model.metrics for name, model in scores.items()}
+
+
+def _run_steps(console: Any, preset: DemoPreset, photo_dir: Path | None,
+               out: Path) -> tuple[dict[str, ModelScores], str]:
+    """The demo's steps, each one line of ``console``; returns every model's scores and the report."""
+    from unime.synth import SynthConfig, generate
+
     data = out / "data"
-    step(f"generating the synthetic benchmark into {data}")
-    generate(data, SynthConfig(seed=0, **preset.synth))
-    if photo_dir is not None:
-        counts = prepare_photos(photo_dir, data, preset.photos)
-        print(f"    real photos from {photo_dir}: stage-2 pairs of {counts['train_pairs']} train images, "
-              f"retrieval on {counts['retrieval_images']} dev images ({counts['retrieval_captions']} captions)")
-    step(f"building the {preset.model} model")
-    models = {"base": _build_base(preset, out / "base")}
+    with console.step(f"generating the synthetic benchmark into {data}") as notes:
+        generate(data, SynthConfig(seed=0, **preset.synth))
+        if photo_dir is not None:
+            counts = prepare_photos(photo_dir, data, preset.photos)
+            notes.append(f"real photos from {photo_dir}: stage-2 pairs of {counts['train_pairs']} train images, "
+                         f"retrieval on {counts['retrieval_images']} dev images ({counts['retrieval_captions']} captions)")
+    with console.step(f"building the {preset.model} model"):
+        models = {"base": _build_base(preset, out / "base")}
     all_tasks = ("mmeb", "retrieval", "sugarcrepe", "sts", "photos")
-    results: dict[str, dict[str, float]] = {}
-    matrices: list[tuple[str, Any]] = []
+    scores: dict[str, ModelScores] = {}
 
-    def evaluate(name: str, tasks: tuple[str, ...]) -> None:
-        metrics, matrix = evaluate_model(models[name], data, preset.eval_batch, tasks, bf16=preset.bf16,
-                                         similarity=name in SIMILARITY_MODELS)
-        results[name] = metrics
-        if matrix is not None:
-            matrices.append((name, matrix))
-        shown = {key: value for key, value in metrics.items() if key in HEADLINE_METRICS}
-        print("    " + ", ".join(f"{HEADLINE_METRICS[key]} {value:.1f}" for key, value in shown.items()), flush=True)
+    def evaluate(name: str, tasks: tuple[str, ...], title: str) -> None:
+        with console.step(title) as notes:
+            scores[name] = evaluate_model(models[name], data, preset.eval_batch, tasks, bf16=preset.bf16,
+                                          similarity=name in SIMILARITY_MODELS)
+            notes.append(", ".join(f"{label} {scores[name].metrics[key]:.1f}"
+                                   for key, label in HEADLINE_METRICS.items() if key in scores[name].metrics))
 
-    step("evaluating the base model zero-shot")
-    evaluate("base", all_tasks)
-    step("stage 1: distilling the MiniLM teacher into the language model (text only)")
-    models["stage 1"] = _distill(preset, models["base"], data, out / "stage1")
-    evaluate("stage 1", all_tasks)
+    evaluate("base", all_tasks, "evaluating the base model zero-shot")
+    with console.step(f"stage 1: distilling the MiniLM teacher into the language model (text only), "
+                      f"{preset.distill_steps} steps"):
+        models["stage 1"] = _distill(preset, models["base"], data, out / "stage1")
+    evaluate("stage 1", all_tasks, "evaluating stage 1")
     for name, start, negatives in STAGE_RUNS:
         ablation = name.endswith("negatives")
         steps = preset.ablation_steps if ablation else preset.tune_steps
         folder = out / name.replace(" ", "").replace(",", "-").replace("+", "")
-        step(f"{name}: stage 2 from the {start} model, {negatives} negatives, {steps} steps")
-        models[name] = _tune(preset, models[start], data, folder, negatives, steps)
-        step(f"evaluating {name}")
-        evaluate(name, preset.ablation_eval if ablation else all_tasks)
-    step("writing the report and figures")
-    next_tokens = _next_tokens(models, data) if preset.model == "seeing" and photo_dir is not None else None
-    _write_outputs(out, preset, results, models, matrices, next_tokens)
-    return results
+        with console.step(f"{name}: stage 2 from the {start} model, {negatives} negatives, {steps} steps"):
+            models[name] = _tune(preset, models[start], data, folder, negatives, steps)
+        evaluate(name, preset.ablation_eval if ablation else all_tasks, f"evaluating {name}")
+    with console.step("writing the report and figures"):
+        next_tokens = _next_tokens(models, data) if preset.model == "seeing" and photo_dir is not None else None
+        report = _write_outputs(out, preset, scores, models, next_tokens)
+    return scores, report
 
 
 # The paper's next-token analysis: these models, on this many dev photos.
@@ -326,13 +345,20 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _write_outputs(out: Path, preset: DemoPreset, results: dict[str, dict[str, float]],
-                   models: dict[str, Path], matrices: list[tuple[str, Any]], next_tokens: Any = None) -> None:
+def _write_outputs(out: Path, preset: DemoPreset, scores: dict[str, ModelScores], models: dict[str, Path],
+                   next_tokens: Any = None) -> str:
+    """results.json, query_ranks.json (per model, the per-query retrieval ranks behind R@K), the figures
+    and report.md; returns the report."""
     from unime.demo_report import demo_figures, demo_markdown
 
+    results = {name: model.metrics for name, model in scores.items()}
+    ranks = {name: model.ranks for name, model in scores.items() if model.ranks}
     (out / "results.json").write_text(json.dumps({"preset": asdict(preset), "results": results}, indent=2) + "\n")
+    (out / "query_ranks.json").write_text(json.dumps(
+        {name: {key: values.tolist() for key, values in sets.items()} for name, sets in ranks.items()}) + "\n")
+    matrices = [(name, model.similarity) for name, model in scores.items() if model.similarity is not None]
     figures = demo_figures(out, models, matrices, next_tokens)
     logs = {name: folder / "training_log.jsonl" for name, folder in models.items()}
-    report = demo_markdown(preset.name, results, figures, logs, preset.synth)
+    report = demo_markdown(preset.name, results, figures, logs, preset.synth, ranks=ranks)
     (out / "report.md").write_text(report, encoding="utf-8")
-    print(report)
+    return report

@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the whole recipe in miniature on a CPU (synthetic data, both stages, evaluation)",
         description="Generate the synthetic benchmark, build a model, evaluate it zero-shot, run stage 1, "
         "stage 2 (after stage 1 and alone), the negative-type ablations, evaluate every model, and write "
-        "report.md, results.json and figures into --output-dir.",
+        "report.md, results.json, query_ranks.json, figures and demo.log (the libraries' output) into --output-dir.",
     )
     parser.add_argument("--preset", choices=["seeing", "smol", "tiny"], default="seeing",
                         help="seeing (default): the seeing default (SmolLM2-135M + ImageNet MobileNetV2, aligned "
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         run_demo(args.out, args.preset, overwrite=args.overwrite, photos=args.photos)
     except FileExistsError as error:
         raise CLIError(str(error)) from None
-    print(f"\nwrote {args.out}/report.md, results.json, similarity.png, negatives.png")
+    print(f"\nwrote {args.out}/report.md, results.json, query_ranks.json, similarity.png, negatives.png, demo.log")
     return 0
 
 
