@@ -116,7 +116,10 @@ class LiveServer:
         src = str(Path(__file__).resolve().parents[2] / "src")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
         command = [sys.executable, "-m", "unime", "serve", "--model", self.model, "--host", "127.0.0.1",
-                   "--port", str(self.port), "--served-model-name", MODEL_NAME, *self.extra]
+                   "--port", str(self.port), "--served-model-name", MODEL_NAME,
+                   # float32 as the reference encoder (unime.load's default): --dtype auto would serve
+                   # bf16 on a CPU with native bf16 kernels, and every answer would differ by ~2e-3.
+                   "--dtype", "float32", *self.extra]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         return self
