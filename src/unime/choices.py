@@ -24,6 +24,11 @@ SAMPLING = ("proportional", "round_robin")
 DTYPES = ("auto", "bfloat16", "float32", "float16")
 # A recipe's bf16; auto: bf16 autocast where the training device has native bf16 kernels.
 BF16_SETTINGS = ("auto", True, False)
+
+
+def choice_name(choice: object) -> str:
+    """How a choice is spelled in a recipe, a flag or a message: booleans as YAML writes them."""
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
 # Storage precision of a teacher cache (unime.training.teacher_cache).
 CACHE_DTYPES = ("float32", "float16")
 # Learning-rate schedules of transformers' Trainer that need no extra arguments.

@@ -136,10 +136,9 @@ def evaluate_model(model_dir: Path, data: Path, batch_size: int, tasks: tuple[st
     import torch
 
     import unime
-
-    model = unime.load(str(model_dir))
     from unime.environment import resolve_bf16
 
+    model = unime.load(str(model_dir))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_bf16(bf16, "cpu")):
         metrics, ranks = _evaluate(model, data, batch_size, tasks)
         return ModelScores(metrics, ranks, _similarity(model, data) if similarity else None)

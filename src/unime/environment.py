@@ -161,6 +161,13 @@ def cpu_bf16_native() -> bool:
         return False
 
 
+def _device_kind(device: Any) -> str:
+    """``"cpu"``, ``"cuda"``, ... of ``device`` (default: :func:`default_device`)."""
+    import torch
+
+    return torch.device(device if device is not None else default_device()).type
+
+
 def compute_dtype(device: Any = None) -> str:
     """The compute dtype for ``device`` (default: :func:`default_device`), as a name ``unime.load`` takes.
 
@@ -171,7 +178,7 @@ def compute_dtype(device: Any = None) -> str:
     """
     import torch
 
-    kind = torch.device(device if device is not None else default_device()).type
+    kind = _device_kind(device)
     if kind == "cuda":
         native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     elif kind == "cpu":
@@ -182,10 +189,7 @@ def compute_dtype(device: Any = None) -> str:
 
 
 def _warn_if_emulated(device: Any, advice: str) -> None:
-    import torch
-
-    kind = torch.device(device if device is not None else default_device()).type
-    if kind == "cpu" and not cpu_bf16_native():
+    if _device_kind(device) == "cpu" and not cpu_bf16_native():
         logger.warning("bf16 on this CPU has no native kernels (capability %s): %s; %s",
                        cpu_capability(), _EMULATED_BF16, advice)
 
@@ -202,11 +206,16 @@ def resolve_dtype(choice: str, device: Any = None) -> str:
     return choice
 
 
+def check_bf16_setting(setting: Any) -> None:
+    """Refuse a recipe ``bf16`` that is not ``auto``, true or false (1 == True, but 1 is refused)."""
+    if setting not in BF16_SETTINGS or not isinstance(setting, (bool, str)):
+        raise ValueError(f"bf16 must be auto, true or false, got {setting!r}")
+
+
 def resolve_bf16(setting: bool | str, device: Any = None) -> bool:
     """Whether a recipe's ``bf16`` (``auto``, true or false) means bf16 autocast on ``device``; true on a
     CPU without native bf16 kernels is kept, with a warning."""
-    if setting not in BF16_SETTINGS or not isinstance(setting, (bool, str)):  # 1 == True: refused
-        raise ValueError(f"bf16 must be auto, true or false, got {setting!r}")
+    check_bf16_setting(setting)
     if setting == "auto":
         return compute_dtype(device) == "bfloat16"
     if setting:

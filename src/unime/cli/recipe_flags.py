@@ -17,6 +17,8 @@ import types
 import typing
 from typing import Any
 
+from unime.choices import choice_name
+
 CONFIG_HELP = "recipe YAML file or packaged recipe name ({names}); flags override it (default: the built-in defaults)"
 
 
@@ -52,13 +54,9 @@ def _weights(values: list[str]) -> dict[str, float]:
     return weights
 
 
-def _switch_name(choice: Any) -> str:
-    return str(choice).lower() if isinstance(choice, bool) else str(choice)
-
-
 def _switch_value(flag: str, choices: tuple[Any, ...]) -> Any:
     """The argparse ``type`` of a switch with named values: ``true`` / ``false`` / a named choice."""
-    names = {_switch_name(choice): choice for choice in choices}
+    names = {choice_name(choice): choice for choice in choices}
 
     def parse(text: str) -> Any:
         if text.lower() not in names:
@@ -82,7 +80,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser, recipe_cls: type, *, skip:
         if kind is bool and meta.get("choices"):
             # A switch with named values too (bf16: auto): --x alone is true, --x VALUE picks one, --no-x false.
             group.add_argument(flag, nargs="?", const=True, type=_switch_value(flag, meta["choices"]),
-                               metavar="{" + ",".join(_switch_name(c) for c in meta["choices"]) + "}", **options)
+                               metavar="{" + ",".join(choice_name(c) for c in meta["choices"]) + "}", **options)
             group.add_argument("--no-" + flag[2:], dest=spec.name, action="store_const", const=False, default=None,
                                help=f"same as {flag} false")
         elif kind is bool:

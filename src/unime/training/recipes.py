@@ -35,7 +35,9 @@ from unime.choices import (
     SAMPLING,
     SCOPES,
     TUNING_METHODS,
+    choice_name,
 )
+from unime.environment import check_bf16_setting
 
 RECIPE_FILE = "unime_recipe.yaml"
 BF16_HELP = ("bf16 autocast: auto (bf16 where the device has native bf16 kernels: a GPU with bf16, a CPU with "
@@ -113,8 +115,7 @@ def setting_type_problem(cls: type, name: str, value: Any) -> str | None:
     if hint is None or _matches(hint, value):
         return None
     choices = next((spec.metadata.get("choices") for spec in fields(cls) if spec.name == name), None)
-    expected = _type_name(hint) if not choices else "one of " + ", ".join(
-        str(choice).lower() if isinstance(choice, bool) else choice for choice in choices)
+    expected = _type_name(hint) if not choices else "one of " + ", ".join(map(choice_name, choices))
     return f"setting {name} must be {expected}, got {value!r} ({type(value).__name__})"
 
 
@@ -175,8 +176,7 @@ class TrainRecipe:
         # Against the field's own choices: a stage may narrow them (align: the projector alone, in full).
         for name in ("tuning", "scope", "lr_scheduler"):
             check_choice(name, getattr(self, name), self.field_choices(name))
-        if self.bf16 not in BF16_SETTINGS or not isinstance(self.bf16, (bool, str)):  # 1 == True: refused
-            raise ValueError(f"bf16 must be auto, true or false, got {self.bf16!r}")
+        check_bf16_setting(self.bf16)
         for name in ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "logging_steps",
                      "save_steps"):
             check_positive(name, getattr(self, name))

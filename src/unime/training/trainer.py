@@ -27,7 +27,7 @@ import torch
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from unime.environment import default_device, resolve_bf16
+from unime.environment import resolve_bf16
 from unime.integrity import CorruptFileError, check_file, file_entry, write_json_atomic
 from unime.training.adapters import has_adapter
 from unime.training.recipes import TrainRecipe
@@ -257,7 +257,7 @@ def training_settings(recipe: TrainRecipe, **extra: Any) -> dict[str, Any]:
     if recipe.batch_size % ranks:
         raise ValueError(f"batch_size {recipe.batch_size} does not split over {ranks} processes")
     # bf16 auto: autocast where the training device has native bf16 kernels (unime.environment.compute_dtype).
-    bf16 = resolve_bf16(recipe.bf16, default_device())
+    bf16 = resolve_bf16(recipe.bf16)  # on the default device, where the trainer puts the model
     if recipe.bf16 == "auto":
         logger.info("bf16 auto: %s", "bf16 autocast" if bf16 else "float32 (no native bf16 kernels here)")
     settings: dict[str, Any] = dict(
