@@ -22,6 +22,7 @@ _COMMANDS = (
     "caption",
     "distill",
     "tune",
+    "tune_bank",
     "eval",
     "plot",
     "serve",
@@ -93,7 +94,7 @@ def check_model_options(args: argparse.Namespace) -> None:
 
 
 # Commands whose model may come from a recipe: checked by TrainRecipe.check_model in their run.
-_CHECK_THEIR_OWN_MODEL = ("distill", "tune", "align")
+_CHECK_THEIR_OWN_MODEL = ("distill", "tune", "tune-bank", "align")
 
 
 if __name__ == "__main__":

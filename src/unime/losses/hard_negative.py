@@ -152,18 +152,22 @@ def hard_negative_infonce_rows(
     negatives: str,
     generator: torch.Generator | None = None,
     pool_ids: Tensor | None = None,
+    same_as_positive: Tensor | None = None,
 ) -> tuple[Tensor, MiningResult, Tensor]:
     """Per-row InfoNCE of ``query`` [n, d] against its positive and mined negatives in ``pool`` [m, d].
 
     Returns ``(row_losses [n], mining, scores [n, m])``. Row i's loss is
     ``-log(exp(S_ip / tau) / (exp(S_ip / tau) + sum_{j selected} exp(S_ij / tau)))`` with
     ``p = positive_index[i]`` and S the cosine similarities. ``pool_ids`` [m] (integer content ids
-    of the pool rows) excludes the candidates with the positive's id (see :func:`same_content`).
-    The shared kernel of :func:`hard_negative_infonce` and :class:`HardNegativeInfoNCELoss`; inputs
+    of the pool rows) excludes the candidates with the positive's id (see :func:`same_content`);
+    ``same_as_positive`` [n, m] (bool) gives that exclusion directly, per row (a caption bank: the
+    other captions of the query's own image). The shared kernel of :func:`hard_negative_infonce` and :class:`HardNegativeInfoNCELoss`; inputs
     are not validated here.
     """
     scores = _cosine_scores(query, pool)
-    same = same_content(pool_ids, positive_index) if pool_ids is not None else None
+    same = same_as_positive
+    if pool_ids is not None:
+        same = same_content(pool_ids, positive_index) if same is None else same | same_content(pool_ids, positive_index)
     mining = mine_negatives(
         scores, positive_index, num_negatives, false_negative_margin, negatives, generator, same
     )

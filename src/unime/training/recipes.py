@@ -471,3 +471,81 @@ class AlignRecipe(TrainRecipe):
     def to_dict(self) -> dict[str, Any]:
         # The inapplicable settings would only mislead a reader of the saved recipe.
         return {key: value for key, value in asdict(self).items() if key not in ALIGN_INAPPLICABLE}
+
+
+@dataclass
+class BankTuneRecipe(TrainRecipe):
+    """Stage 2 with the text side frozen (``unime tune-bank``): image-caption pairs, every caption
+    embedded once into a bank, the image side learning against the whole bank.
+
+    The model embeds text exactly as it did before the run (only the projector learns, the LLM and
+    vision tower stay frozen, so ``tuning`` is ``full`` and ``scope`` is ``projector``; the LoRA and
+    GradCache settings, :data:`ALIGN_INAPPLICABLE`, do not apply). Each image's query is mined
+    against every caption of the training data with the UniME rule (false negatives dropped by the
+    margin, the k hardest survivors kept, InfoNCE), and each positive caption against the batch's
+    images the same way (``text_to_image_weight``). ``eval_data`` (an image-caption file of held-out
+    images) is scored every ``eval_steps`` steps: Recall@K both ways against its own captions.
+    """
+
+    tuning: str = setting("full", "what learns: the projector's full weights (the only choice in tune-bank)",
+                          choices=ALIGN_TUNING)
+    scope: str = setting("projector", "the projector alone learns; vision tower and LLM stay frozen, so text is "
+                         "embedded as before the run (the only choice in tune-bank)", choices=ALIGN_SCOPES)
+    learning_rate: float = setting(1e-3, "AdamW peak learning rate")
+    warmup_steps: int = setting(20, "linear warm-up steps")
+    lr_scheduler: str = setting("cosine", "learning-rate schedule after warm-up", choices=LR_SCHEDULERS)
+    batch_size: int = setting(64, "global batch: images per optimiser step over all processes")
+    save_steps: int = setting(50, "checkpoint every N steps")
+    data: list[str] = setting(help="image-caption files: CSV with an image,caption header, or JSONL rows "
+                              '{"image": ..., "caption": ...}; every caption joins the bank', factory=list)
+    image_root: str = setting("", "folder the image paths are relative to (default: each caption file's folder)")
+    eval_data: str = setting("", "an image-caption file of held-out images, scored every eval_steps steps "
+                             "(Recall@K both ways; empty: no evaluation)")
+    eval_steps: int = setting(100, "evaluate every N steps (and at the end)")
+    image_size: int | None = setting(None, "square resize of every image before the processor, recorded with "
+                                     "the model (0: the processor's own size)", null_flag=0)
+    temperature: float = setting(0.05, "InfoNCE temperature")
+    num_hard_negatives: int = setting(32, "k negatives per query: of the whole caption bank for an image, of the "
+                                      "batch's images for a caption")
+    false_negative_margin: float = setting(0.1, "drop candidates scoring above the positive + margin")
+    negatives: str = setting("hard", "which negatives: the k hardest, or the ablations", choices=NEGATIVE_MODES)
+    text_to_image_weight: float = setting(1.0, "weight of the caption-to-image InfoNCE beside the image-to-bank one "
+                                          "(0: image to text only)")
+    bank_batch_size: int = setting(128, "captions per batch while the bank is embedded")
+    skip_bad_rows: bool = setting(False, "leave out and count bad rows instead of stopping at the first")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, Path)):
+            self.data = [str(self.data)]
+        self.data = [str(path) for path in self.data]
+        if (self.tuning, self.scope) != (ALIGN_TUNING[0], ALIGN_SCOPES[0]):
+            raise ValueError(f"tune-bank trains the projector alone, in full (tuning: full, scope: projector), got "
+                             f"tuning {self.tuning!r}, scope {self.scope!r}: a frozen text side needs a frozen LLM; "
+                             "adapters belong to unime distill and unime tune")
+        defaults = {spec.name: spec.default for spec in fields(TrainRecipe)}
+        for name in ALIGN_INAPPLICABLE:
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(f"{name} does not apply to tune-bank (the projector learns in full, without an "
+                                 "adapter or GradCache); leave it out")
+        super().__post_init__()
+        check_choice("negatives", self.negatives, NEGATIVE_MODES)
+        check_positive("num_hard_negatives", self.num_hard_negatives)
+        check_positive("eval_steps", self.eval_steps)
+        check_positive("bank_batch_size", self.bank_batch_size)
+        check_positive("image_size", self.image_size, optional=True)
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature!r}")
+        if not isinstance(self.false_negative_margin, (int, float)) or math.isnan(self.false_negative_margin):
+            raise ValueError(f"false_negative_margin must be a number, got {self.false_negative_margin!r}")
+        if not isinstance(self.text_to_image_weight, (int, float)) or not self.text_to_image_weight >= 0:
+            raise ValueError(f"text_to_image_weight must be a number >= 0, got {self.text_to_image_weight!r}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2 (the captions' negatives are the batch's other images), "
+                             f"got {self.batch_size}")
+
+    def check_runnable(self) -> None:
+        """The settings a run needs beyond a valid recipe (a recipe file may leave them to CLI flags)."""
+        self.require("model", "data", "output_dir")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if key not in ALIGN_INAPPLICABLE}

@@ -2,7 +2,7 @@
 
 Stage 1 needs sentences, not pairs: the loss compares all sentences of a batch with each other, so
 every sentence of every row is used (the SimCSE/E5-V ``nli_for_simcse.csv`` gives premise,
-entailment and contradiction). Sentences are stripped, empty ones skipped, duplicates removed
+entailment and contradiction; an image-caption CSV such as Flickr8k's ``train.csv`` gives its captions). Sentences are stripped, empty ones skipped, duplicates removed
 (first occurrence kept, file order preserved), so the teacher embeds each once and no batch pairs
 a sentence with itself.
 """
@@ -19,7 +19,7 @@ from unime.jsonl import CountedLines, iter_jsonl, text_lines
 # Column names that hold a sentence, in the layouts stage 1 reads.
 NLI_COLUMNS = ("sent0", "sent1", "hard_neg")
 TEXT_COLUMNS = (*NLI_COLUMNS, "sentence", "sentence1", "sentence2", "sentence_A", "sentence_B", "text",
-                "anchor", "positive", "negative", "premise", "hypothesis", "query", "pos", "neg")
+                "anchor", "positive", "negative", "premise", "hypothesis", "query", "pos", "neg", "caption")
 
 
 def read_sentences(paths: str | Path | Iterable[str | Path]) -> list[str]:
