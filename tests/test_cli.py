@@ -142,7 +142,7 @@ def test_help_texts_name_recipes_that_exist_and_print_no_markup():
     for name, parser in commands.items():
         text = parser.format_help()
         assert "``" not in text and ":class:" not in text and ":func:" not in text, name
-        mentions = re.findall(r"\b((?:distill|tune|align|bank)-[a-z0-9.-]+[a-z0-9])\b", text)
+        mentions = re.findall(r"(?<![\w-])((?:distill|tune|align|bank)-[a-z0-9.-]+[a-z0-9])\b", text)
         for mentioned in (m for m in mentions if m not in commands):  # e.g. the command tune-bank
             assert mentioned in names, f"unime {name} --help names the recipe {mentioned}, which does not exist"
 

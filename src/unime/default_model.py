@@ -34,8 +34,18 @@ MOBILENET_FILE = "weights/mobilenet_v2-b0353104.pth"
 TOWER_STRIDE = 32
 # 7 x 7 = 49 image tokens, the tower's ImageNet resolution; docs/default-model.md has the costs.
 DEFAULT_IMAGE_SIZE = 224
-SHIPPED_PROJECTOR = Path(__file__).resolve().parent / "weights" / "projector-smol.safetensors"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# The aligned projector (unime align, captioning loss) the base starts from, and its provenance.
+SHIPPED_PROJECTOR = WEIGHTS_DIR / "projector-smol.safetensors"
+SHIPPED_PROJECTOR_INFO = WEIGHTS_DIR / "projector-smol.json"
+# unime-smol: the stage-1 LoRA of the LLM (fp16) and the stage-2 projector, with their provenance.
+SMOL_LORA = WEIGHTS_DIR / "unime-smol-lora.safetensors"
+SMOL_PROJECTOR = WEIGHTS_DIR / "unime-smol-projector.safetensors"
+SMOL_INFO = WEIGHTS_DIR / "unime-smol.json"
 RANDOM_PROJECTOR = "random"
+# What build_default builds: unime-smol (both UniME stages), its stage-1 model, or the aligned base.
+STAGES = ("trained", "distilled", "base")
+REINSTALL = "reinstall unime (pip install --force-reinstall --no-deps unime), or build it again from a clean clone"
 # ImageNet statistics (torchvision's), not transformers' "standard" 0.5 / 0.5 defaults.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -206,6 +216,43 @@ def load_projector(projector: torch.nn.Module, path: str | Path) -> None:
     projector.load_state_dict({name: tensor.to(torch.float32) for name, tensor in tensors.items()})
 
 
+def shipped_entry(path: Path, info: Path) -> dict[str, Any]:
+    """The size and SHA-256 that ``info`` (a provenance JSON beside the weights) records for ``path``."""
+    import json
+
+    if not info.is_file():
+        raise FileNotFoundError(f"{info}: missing; it records the SHA-256 of {path.name}; {REINSTALL}")
+    entry = json.loads(info.read_text(encoding="utf-8")).get("files", {}).get(path.name)
+    if not entry:
+        raise ValueError(f"{info}: records no SHA-256 for {path.name}; {REINSTALL}")
+    return entry
+
+
+def check_shipped(path: Path, info: Path) -> None:
+    """Raise :class:`unime.integrity.CorruptFileError` naming ``path`` unless it has the recorded size and SHA-256."""
+    from unime.integrity import check_file
+
+    check_file(path, shipped_entry(path, info), advice=REINSTALL)
+
+
+def merge_lora(core: torch.nn.Module, path: Path, lora: dict[str, Any]) -> None:
+    """Fold a LoRA adapter saved by peft (``adapter_model.safetensors`` key names, any float dtype) into
+    ``core`` (a ``FastVlmModel``) in place, as ``W + alpha / r * B A`` in float32, through peft itself."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    tensors = {name: tensor.to(torch.float32) for name, tensor in load_file(str(path)).items()}
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["target_modules"],
+                        lora_dropout=0.0, bias="none")
+    wrapped = get_peft_model(core, config)
+    result = set_peft_model_state_dict(wrapped, tensors)
+    expected = {name for name in wrapped.state_dict() if "lora_" in name}
+    if result.unexpected_keys or len(tensors) != len(expected):
+        raise ValueError(f"{path}: does not fit this model's LoRA layout ({len(tensors)} tensors for {len(expected)} "
+                         f"LoRA weights; unexpected {list(result.unexpected_keys)[:3]})")
+    wrapped.merge_and_unload()
+
+
 def _projector_source(projector: str | Path | None) -> Path | None:
     """The projector file to load, or None for a random one."""
     if projector is not None:
@@ -218,22 +265,43 @@ def _projector_source(projector: str | Path | None) -> Path | None:
 
 
 def build_default(
-    out_dir: str | Path, *, image_size: int = DEFAULT_IMAGE_SIZE, projector: str | Path | None = None, seed: int = 0
+    out_dir: str | Path, *, stage: str = "trained", image_size: int = DEFAULT_IMAGE_SIZE,
+    projector: str | Path | None = None, seed: int = 0
 ) -> Path:
     """Build the seeing default in ``out_dir`` and return the folder.
 
     Args:
         out_dir: output folder (a unime model: ``unime.load(out_dir)``).
+        stage: ``"trained"`` (default): unime-smol, the base after both UniME stages (the shipped
+            stage-1 LoRA merged into the LLM, the shipped stage-2 projector); ``"distilled"``: the base
+            with the stage-1 LoRA alone (the text side of unime-smol, where its stage 2 started);
+            ``"base"``: the aligned base the demo trains from. Shipped files are checked against the
+            SHA-256 recorded beside them.
         image_size: square input size of the tower in pixels, a multiple of 32: (image_size / 32)^2
-            image tokens per image.
-        projector: a safetensors file of projector weights; None takes the one shipped with unime
-            when it exists (else random, with a warning); ``"random"`` forces a random projector.
+            image tokens per image (unime-smol was trained at 224).
+        projector: a safetensors file of projector weights (replaces the stage's own); None takes the
+            stage's shipped one (for ``base`` the aligned projector, else random with a warning);
+            ``"random"`` forces a random projector.
         seed: seed of the random projector.
     """
+    import json
+
     from transformers import FastVlmConfig, FastVlmForConditionalGeneration, LlavaProcessor
 
+    if stage not in STAGES:
+        raise ValueError(f"stage (--stage) must be one of {', '.join(STAGES)}, got {stage!r}")
     check_image_size(image_size)
-    source = _projector_source(projector)
+    lora = None
+    if stage != "base":
+        check_shipped(SMOL_LORA, SMOL_INFO)
+        lora = json.loads(SMOL_INFO.read_text(encoding="utf-8"))["lora"]
+    if projector is None and stage == "trained":
+        check_shipped(SMOL_PROJECTOR, SMOL_INFO)
+        source: Path | None = SMOL_PROJECTOR
+    else:
+        source = _projector_source(projector)
+        if source == SHIPPED_PROJECTOR:
+            check_shipped(SHIPPED_PROJECTOR, SHIPPED_PROJECTOR_INFO)
     if source is not None and not source.is_file():
         raise FileNotFoundError(f"projector file not found (--projector): {source}")
     tower = load_mobilenet_v2_imagenet().mobilenet_v2
@@ -248,6 +316,9 @@ def build_default(
     model = FastVlmForConditionalGeneration(config)
     copy_smollm2(llm, tokenizer, model)
     model.model.vision_tower.load_state_dict(tower.state_dict())
+    if lora is not None:
+        logger.info("stage-1 LoRA from %s", SMOL_LORA)
+        merge_lora(model.model, SMOL_LORA, lora)
     if source is not None:
         logger.info("projector weights from %s", source)
         load_projector(model.model.multi_modal_projector, source)
@@ -255,6 +326,7 @@ def build_default(
         image_processor=imagenet_image_processor(image_size), tokenizer=tokenizer, patch_size=TOWER_STRIDE,
         vision_feature_select_strategy="full", num_additional_image_tokens=0,
     )
+    stages = {"base": [], "distilled": ["distill"], "trained": ["distill", "tune-bank"]}[stage]
     unime_config = {"family": "fast_vlm", "text_prompt": SMOL_TEXT_PROMPT, "image_prompt": SMOL_IMAGE_PROMPT,
-                    "joint_prompt": SMOL_JOINT_PROMPT, "mode": "sum"}
+                    "joint_prompt": SMOL_JOINT_PROMPT, "mode": "sum", "stages": stages}
     return save_as_unime(model, processor, out_dir, unime_config)

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bank (false negatives dropped by the margin, the k hardest kept, InfoNCE), captions against the batch's "
         "images the other way. Only the projector learns, so the model embeds text exactly as before. --eval-data "
         "scores held-out images every --eval-steps steps. Writes the whole model to OUTPUT_DIR, and beside it "
-        "projector.safetensors and tune-bank.json (data hashes, loss and recall curves). Settings come from "
+        "projector.safetensors and tune_bank.json (data hashes, loss and recall curves). Settings come from "
         "--config (a YAML recipe or a packaged recipe name), or the built-in defaults without it; every setting "
         "can be given as a flag.",
     )

@@ -22,7 +22,7 @@ The run: read the caption data (fails before the model loads), load the model, e
 (cached in ``OUTPUT_DIR/text-bank``, keyed by the model's weights and the captions, so a resumed
 run reuses it), train on transformers' ``Trainer`` (checkpoints of the projector, resume), score the
 held-out ``eval_data`` every ``eval_steps`` steps, save the whole model with stage ``tune-bank``
-recorded, and beside it ``projector.safetensors`` with ``tune-bank.json`` (data files and their
+recorded, and beside it ``projector.safetensors`` with ``tune_bank.json`` (data files and their
 SHA-256, steps, loss and recall curves, wall time) and ``training_log.jsonl``.
 """
 
@@ -53,7 +53,7 @@ __all__ = ["BankTuneRecipe", "CaptionBank", "bank_losses", "run_tune_bank"]
 logger = logging.getLogger(__name__)
 
 STAGE = "tune-bank"
-SUMMARY_FILE = "tune-bank.json"
+SUMMARY_FILE = "tune_bank.json"
 BANK_DIR = "text-bank"
 # Rows of the similarity block embedded per log line while the bank is built.
 _BANK_LOG_EVERY = 2048
