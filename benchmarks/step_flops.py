@@ -598,7 +598,7 @@ def run(args: argparse.Namespace, callbacks: list[Any] | None = None) -> dict[st
         sizes = [int(size) for size in (args.image_sizes or DEFAULT_SIZES).split(",")]
         model_dir = args.model
         if model_dir is None:
-            model_dir = str(build_default(work / "model", image_size=sizes[0]))
+            model_dir = str(build_default(work / "model", stage="base", image_size=sizes[0]))
         own = model_image_size(model_dir)
         if args.model and args.image_sizes is None:
             if own is None:

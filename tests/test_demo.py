@@ -82,6 +82,19 @@ def test_margins_use_the_photos_where_the_preset_has_them_and_rank_every_negativ
     assert "| hard | nan | nan | nan | nan | - | - | - | 100.0 [100.0, 100.0] |" in report
 
 
+def test_the_shipped_default_is_a_reference_row_of_the_photo_table_only():
+    results = {"base": {"retrieval/flickr8k/i2t_R@1": 6.0, "retrieval/flickr8k/t2i_R@1": 2.4},
+               "stage 1+2": {"retrieval/flickr8k/i2t_R@1": 22.0, "retrieval/flickr8k/t2i_R@1": 20.8},
+               "unime-smol": {"retrieval/flickr8k/i2t_R@1": 48.0, "retrieval/flickr8k/t2i_R@1": 40.4}}
+    report = demo_markdown("seeing", results, {})
+    photo_rows = [line for line in report.split("## Real photos")[1].split("##")[0].splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in photo_rows[1:]] == ["base", "stage 1+2", "unime-smol (shipped, reference)"]
+    assert "| unime-smol (shipped, reference) | 48.0 | - | - | 40.4 |" in report
+    assert "what more training gives" in report
+    # Not a row of the synthetic tables, where it was not evaluated.
+    assert report.count("unime-smol (shipped, reference)") == 1
+
+
 @pytest.mark.timeout(900)
 def test_tiny_demo_runs_every_stage_and_writes_report_and_figures(tmp_path, capfd):
     out = tmp_path / "demo"

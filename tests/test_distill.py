@@ -158,11 +158,17 @@ def test_packaged_recipes_load_and_follow_the_measured_defaults(path):
     recipe = DistillRecipe.from_yaml(path)
     assert (recipe.direction, recipe.temperature, recipe.exclude_diagonal) == ("teacher_student", 0.05, True)
     assert (recipe.tuning, recipe.scope, recipe.lora_r, recipe.lora_alpha) == ("lora", "llm", 16, 32)
-    assert (recipe.learning_rate, recipe.warmup_steps) == (2e-4, 5)
-    # bf16 where native on the CPU recipe, the paper's bf16 on the GPU ones (tests/test_compute_dtype.py).
-    assert recipe.bf16 == ("auto" if path.stem == "distill-cpu" else True)
+    # unime-smol's stage 1: distill-cpu at batch 64 for 250 steps, on SNLI and the Flickr8k train captions.
+    smol = path.stem == "distill-smol"
+    assert (recipe.learning_rate, recipe.warmup_steps) == (2e-4, 10 if smol else 5)
+    # bf16 where native on the CPU recipes, the paper's bf16 on the GPU ones (tests/test_compute_dtype.py).
+    assert recipe.bf16 == ("auto" if path.stem in ("distill-cpu", "distill-smol") else True)
     assert recipe.model and recipe.data and recipe.output_dir
-    if path.stem == "distill-cpu":
+    if smol:
+        assert (recipe.teacher, recipe.batch_size, recipe.max_steps) == ("minilm", 64, 250)
+        assert recipe.data[-1].endswith("shared/data/flickr8k/train.csv")
+        assert all("shared/data/snli" in d for d in recipe.data[:-1])
+    elif path.stem == "distill-cpu":
         assert (recipe.teacher, recipe.batch_size, recipe.max_steps) == ("minilm", 32, 120)
         assert all("shared/data/snli" in d for d in recipe.data)
     else:

@@ -39,6 +39,8 @@ COMMANDS: dict[str, list[str]] = {
     "tune (recipe)": ["tune", "--config", "RECIPE", "--data", "mmeb-train", "--image-root", "img", "--output-dir", "o"],
     "align": ["align", "--model", "MODEL", "--data", "captions.csv", "--output-dir", "out"],
     "align (recipe)": ["align", "--config", "RECIPE", "--data", "captions.csv", "--output-dir", "out"],
+    "tune-bank": ["tune-bank", "--model", "MODEL", "--data", "captions.csv", "--output-dir", "out"],
+    "tune-bank (recipe)": ["tune-bank", "--config", "RECIPE", "--data", "captions.csv", "--output-dir", "out"],
     "teacher-embed": ["teacher-embed", "--teacher", "MODEL", "--data", "nli.csv", "--output-dir", "cache"],
     "distill --teacher": ["distill", "--model", "GOOD", "--teacher", "MODEL", "--data", "nli.csv", "--output-dir", "o"],
 }

@@ -117,3 +117,23 @@ def test_the_seeing_default_ranks_flickr8k_dev_captions_above_chance_zero_shot(d
     metrics = evaluate_retrieval(unime.load(str(default_dir)), [dataset], batch_size=32)
     chance_at_5 = 100 * 5 / FLICKR_IMAGES
     assert metrics["retrieval/flickr8k/i2t_R@5"] >= 2 * chance_at_5, metrics
+
+
+# unime-smol (the trained default) on the first SMOL_IMAGES dev photos of the shipped subset (chance
+# R@1: 100 / SMOL_IMAGES): measured SMOL_MEASURED; the bars sit well below, well above chance.
+SMOL_IMAGES = 50
+SMOL_MEASURED = "R@1 54.0 image-to-text, 46.8 text-to-image (2026-12-07, fp32)"
+SMOL_BARS = {"i2t_R@1": 30.0, "t2i_R@1": 25.0}
+
+
+def test_unime_smol_retrieves_dev_photos_and_captions_far_above_chance(smol_dir):
+    from unime.evaluation.common import read_records
+    from unime.evaluation.retrieval import RetrievalDataset, evaluate_retrieval
+
+    pairs = [(str(FLICKR_DEV / "images" / row["image"]), row["caption"])
+             for _, row in read_records(FLICKR_DEV / "dev.csv")]
+    first = set(list(dict.fromkeys(image for image, _ in pairs))[:SMOL_IMAGES])
+    dataset = RetrievalDataset.from_pairs("flickr8k", [p for p in pairs if p[0] in first])
+    metrics = evaluate_retrieval(unime.load(str(smol_dir), dtype="float32"), [dataset], batch_size=32)
+    for key, bar in SMOL_BARS.items():
+        assert metrics[f"retrieval/flickr8k/{key}"] >= bar, (metrics, SMOL_MEASURED)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from unime.demo_photos import RETRIEVAL_FILE, PhotoSizes, find_photos, photo_examples, prepare_photos
+from unime.demo_report import REFERENCE_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def _build_base(preset: DemoPreset, folder: Path) -> Path:
     from unime.tiny import make_smol, make_tiny
 
     if preset.model == "seeing":
-        return build_default(folder, image_size=preset.image_size or DEFAULT_IMAGE_SIZE)
+        return build_default(folder, stage="base", image_size=preset.image_size or DEFAULT_IMAGE_SIZE)
     if preset.model == "smol":
         return make_smol(folder, image_size=preset.image_size)
     return make_tiny("qwen2_vl", folder, image_size=preset.image_size)
@@ -258,7 +259,8 @@ def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *, overwrite: b
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     # Data, model, its zero-shot evaluation; stage 1 and each stage-2 run, trained then evaluated; the report.
-    with DemoConsole(total=3 + 2 * (1 + len(STAGE_RUNS)) + 1, log=out / "demo.log") as console:
+    reference = 2 if preset.model == "seeing" and photo_dir is not None else 0
+    with DemoConsole(total=3 + 2 * (1 + len(STAGE_RUNS)) + reference + 1, log=out / "demo.log") as console:
         scores, report = _run_steps(console, preset, photo_dir, out)
     print(report)
     return {name: model.metrics for name, model in scores.items()}
@@ -300,6 +302,13 @@ def _run_steps(console: Any, preset: DemoPreset, photo_dir: Path | None,
         with console.step(f"{name}: stage 2 from the {start} model, {negatives} negatives, {steps} steps"):
             models[name] = _tune(preset, models[start], data, folder, negatives, steps)
         evaluate(name, preset.ablation_eval if ablation else all_tasks, f"evaluating {name}")
+    if preset.model == "seeing" and photo_dir is not None:
+        with console.step("building unime-smol, the shipped default (the same recipe at full scale)"):
+            from unime.default_model import build_default
+
+            models[REFERENCE_MODEL] = build_default(out / "unime-smol", stage="trained",
+                                                    image_size=preset.image_size or 224)
+        evaluate(REFERENCE_MODEL, ("photos",), "evaluating unime-smol on the photos (a reference row)")
     with console.step("writing the report and figures"):
         next_tokens = _next_tokens(models, data) if preset.model == "seeing" and photo_dir is not None else None
         report = _write_outputs(out, preset, scores, models, next_tokens)

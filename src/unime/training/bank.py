@@ -48,7 +48,7 @@ from torch import Tensor
 from unime.training.align import PROJECTOR_FILE, TRAINING_LOG, AlignTrainer, _write_json, save_projector
 from unime.training.recipes import BankTuneRecipe
 
-__all__ = ["BankTuneRecipe", "CaptionBank", "bank_losses", "run_tune_bank"]
+__all__ = ["BankTuneRecipe", "CaptionBank", "bank_losses", "build_bank_trainer", "run_tune_bank"]
 
 logger = logging.getLogger(__name__)
 
@@ -318,25 +318,27 @@ def _summary(recipe: BankTuneRecipe, trainer: BankTrainer, data: Any, eval_data:
     }
 
 
-def run_tune_bank(recipe: BankTuneRecipe, callbacks: list[Any] | None = None) -> Path:
-    """Run stage 2 with the text side frozen and save to ``recipe.output_dir``; return that folder.
+@dataclass
+class BankRun:
+    """What :func:`build_bank_trainer` prepares: the trainer, the data read, the banks, the model's fingerprint."""
 
-    A folder holding checkpoints of an earlier run is refused unless ``recipe.resume``, which then
-    continues from the last complete checkpoint (the bank cache is reused).
-    """
+    trainer: BankTrainer
+    data: Any
+    eval_data: Any
+    bank: CaptionBank
+    model_id: str
+
+
+def build_bank_trainer(recipe: BankTuneRecipe, callbacks: list[Any] | None = None) -> BankRun:
+    """Read and check the data, load the model, embed (or reuse) the banks, freeze all but the projector
+    and build the trainer; nothing is trained yet."""
     from transformers import TrainingArguments
 
-    from unime.config import UniMEConfig
-    from unime.environment import require_compatible, resolve_bf16
+    from unime.environment import resolve_bf16
     from unime.modeling import load_model
     from unime.training.adapters import has_adapter
-    from unime.training.saving import save_final
-    from unime.training.trainer import resume_checkpoint, seed_everything, training_settings
+    from unime.training.trainer import seed_everything, training_settings
 
-    recipe.check_runnable()
-    require_compatible()
-    recipe.check_model()
-    checkpoint = resume_checkpoint(recipe)
     data, bank = _read(recipe, recipe.data)
     if len(bank.images) < recipe.batch_size:
         raise ValueError(f"data: {len(bank.images)} images, fewer than batch_size {recipe.batch_size}")
@@ -377,18 +379,41 @@ def run_tune_bank(recipe: BankTuneRecipe, callbacks: list[Any] | None = None) ->
                           data_collator=ImageCollator(embedder, bank, recipe.image_size), callbacks=callbacks,
                           projector=projector, recipe=recipe, bank=bank, bank_embeddings=bank_embeddings,
                           eval_bank=eval_bank, eval_embeddings=eval_embeddings)
+    return BankRun(trainer, data, eval_data, bank, model_id)
+
+
+def run_tune_bank(recipe: BankTuneRecipe, callbacks: list[Any] | None = None) -> Path:
+    """Run stage 2 with the text side frozen and save to ``recipe.output_dir``; return that folder.
+
+    A folder holding checkpoints of an earlier run is refused unless ``recipe.resume``, which then
+    continues from the last complete checkpoint (the bank cache is reused).
+    """
+    from unime.config import UniMEConfig
+    from unime.environment import require_compatible
+    from unime.training.saving import save_final
+    from unime.training.trainer import resume_checkpoint
+
+    recipe.check_runnable()
+    require_compatible()
+    recipe.check_model()
+    checkpoint = resume_checkpoint(recipe)
+    run = build_bank_trainer(recipe, callbacks)
+    trainer = run.trainer
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    if evaluating and (not trainer.recall_history or trainer.recall_history[-1]["step"] != trainer.state.global_step):
+    if run.eval_data is not None and (not trainer.recall_history
+                                      or trainer.recall_history[-1]["step"] != trainer.state.global_step):
         trainer.evaluate()
     seconds = time.perf_counter() - start
+    embedder = trainer.model
     if recipe.image_size is not None:
         embedder[0].unime_config = UniMEConfig.from_dict({**embedder.unime_config.to_dict(),
                                                           "image_size": recipe.image_size})
     output = save_final(embedder, recipe.output_dir, STAGE, recipe)
     if trainer.is_world_process_zero():
-        save_projector(projector, output / PROJECTOR_FILE)
-        _write_json(output / SUMMARY_FILE, _summary(recipe, trainer, data, eval_data, bank, result, seconds, model_id))
+        save_projector(trainer.projector, output / PROJECTOR_FILE)
+        _write_json(output / SUMMARY_FILE, _summary(recipe, trainer, run.data, run.eval_data, run.bank, result,
+                                                    seconds, run.model_id))
         log = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
         (output / TRAINING_LOG).write_text(log, encoding="utf-8")
         logger.info("tune-bank: %d steps in %.0f s; wrote %s", trainer.state.global_step, seconds, output)
