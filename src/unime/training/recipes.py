@@ -408,6 +408,22 @@ ALIGN_INAPPLICABLE = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_regex
                       "mini_batch_size", "merge")
 
 
+def _check_projector_recipe(recipe: Any, stage: str, others: str) -> None:
+    """What the projector-only stages (align, tune-bank) share: ``data`` as a list of path strings,
+    tuning ``full`` and scope ``projector`` only, and no setting of :data:`ALIGN_INAPPLICABLE`."""
+    if isinstance(recipe.data, (str, Path)):
+        recipe.data = [str(recipe.data)]
+    recipe.data = [str(path) for path in recipe.data]
+    if (recipe.tuning, recipe.scope) != (ALIGN_TUNING[0], ALIGN_SCOPES[0]):
+        raise ValueError(f"{stage} trains the projector alone, in full (tuning: full, scope: projector), got "
+                         f"tuning {recipe.tuning!r}, scope {recipe.scope!r}: {others}")
+    defaults = {spec.name: spec.default for spec in fields(TrainRecipe)}
+    for name in ALIGN_INAPPLICABLE:
+        if getattr(recipe, name) != defaults[name]:
+            raise ValueError(f"{name} does not apply to {stage} (the projector learns in full, without an "
+                             "adapter or GradCache); leave it out")
+
+
 @dataclass
 class AlignRecipe(TrainRecipe):
     """The base MLLM's feature alignment (``unime align``): LLaVA's stage-1 pretraining.
@@ -445,18 +461,8 @@ class AlignRecipe(TrainRecipe):
     skip_bad_rows: bool = setting(False, "leave out and count bad rows instead of stopping at the first")
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, (str, Path)):
-            self.data = [str(self.data)]
-        self.data = [str(path) for path in self.data]
-        if (self.tuning, self.scope) != (ALIGN_TUNING[0], ALIGN_SCOPES[0]):
-            raise ValueError(f"align trains the projector alone, in full (tuning: full, scope: projector), got "
-                             f"tuning {self.tuning!r}, scope {self.scope!r}: adapters and the llm / all scopes "
-                             "belong to unime distill and unime tune")
-        defaults = {spec.name: spec.default for spec in fields(TrainRecipe)}
-        for name in ALIGN_INAPPLICABLE:
-            if getattr(self, name) != defaults[name]:
-                raise ValueError(f"{name} does not apply to align (the projector learns in full, without an "
-                                 "adapter or GradCache); leave it out")
+        _check_projector_recipe(self, "align", "adapters and the llm / all scopes belong to unime distill and "
+                                "unime tune")
         super().__post_init__()
         check_positive("max_caption_tokens", self.max_caption_tokens)
         for name in ("image_size", "captions_per_image", "max_rows"):
@@ -515,18 +521,8 @@ class BankTuneRecipe(TrainRecipe):
     skip_bad_rows: bool = setting(False, "leave out and count bad rows instead of stopping at the first")
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, (str, Path)):
-            self.data = [str(self.data)]
-        self.data = [str(path) for path in self.data]
-        if (self.tuning, self.scope) != (ALIGN_TUNING[0], ALIGN_SCOPES[0]):
-            raise ValueError(f"tune-bank trains the projector alone, in full (tuning: full, scope: projector), got "
-                             f"tuning {self.tuning!r}, scope {self.scope!r}: a frozen text side needs a frozen LLM; "
-                             "adapters belong to unime distill and unime tune")
-        defaults = {spec.name: spec.default for spec in fields(TrainRecipe)}
-        for name in ALIGN_INAPPLICABLE:
-            if getattr(self, name) != defaults[name]:
-                raise ValueError(f"{name} does not apply to tune-bank (the projector learns in full, without an "
-                                 "adapter or GradCache); leave it out")
+        _check_projector_recipe(self, "tune-bank", "a frozen text side needs a frozen LLM; adapters belong to unime "
+                                "distill and unime tune")
         super().__post_init__()
         check_choice("negatives", self.negatives, NEGATIVE_MODES)
         check_positive("num_hard_negatives", self.num_hard_negatives)
