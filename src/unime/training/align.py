@@ -98,6 +98,15 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(staging, path)
 
 
+def write_projector_files(output: Path, trainer: Any, info_name: str, summary: dict[str, Any]) -> None:
+    """Beside a saved model: the trained projector alone (``projector.safetensors``), the run's summary
+    (``info_name``) and its log history (``training_log.jsonl``)."""
+    save_projector(trainer.projector, output / PROJECTOR_FILE)
+    _write_json(output / info_name, summary)
+    log = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
+    (output / TRAINING_LOG).write_text(log, encoding="utf-8")
+
+
 def build_trainer(recipe: AlignRecipe, captioner: Any, data: Any, callbacks: list[Any] | None = None) -> AlignTrainer:
     """The trainer of an align run: the projector trainable, the caption collator, the recipe's arguments."""
     from unime.training.captioning import CaptionCollator
@@ -174,10 +183,8 @@ def run_align(recipe: AlignRecipe, callbacks: list[Any] | None = None) -> Path:
                                                           "image_size": recipe.image_size})
     output = save_final(embedder, recipe.output_dir, STAGE, recipe)
     if trainer.is_world_process_zero():
-        save_projector(trainer.projector, output / PROJECTOR_FILE)
-        _write_json(output / PROJECTOR_INFO, _summary(recipe, captioner, trainer, data, result, seconds))
-        log = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
-        (output / TRAINING_LOG).write_text(log, encoding="utf-8")
+        write_projector_files(output, trainer, PROJECTOR_INFO,
+                              _summary(recipe, captioner, trainer, data, result, seconds))
         logger.info("align: %d steps in %.0f s, %d rows used, %d skipped (%d while batching); wrote %s",
                     trainer.state.global_step, seconds, len(data.rows), data.skipped, trainer.data_collator.skipped,
                     output)

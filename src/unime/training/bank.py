@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unime.training.align import PROJECTOR_FILE, TRAINING_LOG, AlignTrainer, _write_json, save_projector
+from unime.training.align import AlignTrainer, _write_json, write_projector_files
 from unime.training.recipes import BankTuneRecipe
 
 __all__ = ["BankTuneRecipe", "CaptionBank", "bank_losses", "build_bank_trainer", "run_tune_bank"]
@@ -411,10 +411,7 @@ def run_tune_bank(recipe: BankTuneRecipe, callbacks: list[Any] | None = None) ->
                                                           "image_size": recipe.image_size})
     output = save_final(embedder, recipe.output_dir, STAGE, recipe)
     if trainer.is_world_process_zero():
-        save_projector(trainer.projector, output / PROJECTOR_FILE)
-        _write_json(output / SUMMARY_FILE, _summary(recipe, trainer, run.data, run.eval_data, run.bank, result,
-                                                    seconds, run.model_id))
-        log = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
-        (output / TRAINING_LOG).write_text(log, encoding="utf-8")
+        write_projector_files(output, trainer, SUMMARY_FILE, _summary(recipe, trainer, run.data, run.eval_data,
+                                                                     run.bank, result, seconds, run.model_id))
         logger.info("tune-bank: %d steps in %.0f s; wrote %s", trainer.state.global_step, seconds, output)
     return output
