@@ -9,6 +9,7 @@ arguments of one sample processed alone.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,7 +32,6 @@ from unime.processors import pad_samples
 VLM2VEC_TOKEN = {"phi3_v": "<|image_1|>", "llava_next": "<image>", "qwen2_vl": "<|image_pad|>",
                  "qwen2_5_vl": "<|image_pad|>"}
 README_MAX_LEN = {"phi3_v": 256, "llava_next": 4096}  # UniME's README commands; none for Qwen2-VL
-QWEN_PIXELS = {"shortest_edge": 256 * 28 * 28, "longest_edge": 1280 * 28 * 28}
 
 
 def vlm2vec_text(family: str, text: str) -> str:
@@ -54,8 +54,7 @@ def vlm2vec_call(family: str, text: str, image_path: str, resolution: str) -> di
             if image_path else None}
     if family in README_MAX_LEN:
         call.update(max_length=README_MAX_LEN[family], truncation=True)
-    if family.startswith("qwen"):
-        call["size"] = QWEN_PIXELS  # Qwen2VLProcessor(min_pixels=256*28*28, max_pixels=1280*28*28)
+    # No pixel bounds: eval.py's processor is AutoProcessor.from_pretrained(model) with the folder's own.
     return call
 
 
@@ -342,3 +341,80 @@ def test_stage2_feeds_mmeb_train_rows_in_the_format_they_are_evaluated_in(tiny_m
             "<|image_1|>", "<|vision_start|><|image_pad|><|vision_end|>"))
         assert calls[1]["text"] == config.text_prompt.replace("<sent>", "red")
     assert TuneRecipe().input_format == "raw" and TuneRecipe.field_choices("input_format") == ("raw", "prompted")
+
+
+# --------------------------------------------------------------------------- numerics of VLM2Vec v1 itself
+# Found by running VLM2Vec v1's eval.py beside unime on the same tiny Qwen2-VL and rows
+# (benchmarks/mmeb_parity.py, docs/evaluation.md "Parity with VLM2Vec v1").
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_vlm2vec_qwen_image_tokens_take_sequential_text_positions(tiny_model_factory, images, family):
+    # VLM2Vec's copy of Qwen2-VL starts an image's 2-D positions at <|vision_start|>, which its raw
+    # inputs never hold: every token, image tokens included, is numbered like text, 0, 1, 2, ...
+    model = unime.load(str(tiny_model_factory(family)))
+    item = {"text": "<|image_1|> Represent the given image for classification\n", "image": images[0]}
+    with model.using_format(vlm2vec_format(family, "low")):
+        features = model[0].preprocess([item, "a short text"])
+        ours = model.encode([item, "a short text"], batch_size=2)
+    assert not features["mm_token_type_ids"].any()
+    hf = model[0].model
+    batch = {k: v for k, v in features.items() if torch.is_tensor(v) and k not in ("num_images_per_sample",)}
+    mask = batch["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        hidden = hf(**batch, position_ids=positions.unsqueeze(0).expand(3, -1, -1),
+                    output_hidden_states=True).hidden_states[-1]
+    rows = torch.arange(2)
+    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
+    expected = torch.nn.functional.normalize(hidden[rows, last].float(), dim=-1).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    # The model's own M-RoPE gives another embedding for the image row: the choice is visible.
+    with model.using_format(dataclasses.replace(vlm2vec_format(family, "low"), sequential_positions=False)):
+        mrope = model.encode([item], batch_size=1)
+    assert np.abs(mrope[0] - ours[0]).max() > 1e-4
+
+
+def test_vlm2vec_protocol_rounds_the_buffers_as_model_to_bfloat16_does(tiny_model_factory, images):
+    import copy
+
+    from unime.evaluation.mmeb import MMEBProtocol, using_protocol
+
+    model = unime.load(str(tiny_model_factory("qwen2_vl")), dtype="bfloat16")
+    inv_freq = [b for n, b in model.named_buffers() if n.endswith("inv_freq")]
+    assert inv_freq and all(b.dtype == torch.float32 for b in inv_freq)  # as transformers loads it
+    inputs = [{"text": "<|image_1|> Represent the given image\n", "image": images[0]}, "a dog", "two cats on a mat"]
+    cast = copy.deepcopy(model).to(torch.bfloat16)  # what VLM2Vec's eval.py does to its model
+    with cast.using_format(vlm2vec_format("qwen2_vl", "low")):
+        expected = cast.encode(inputs, batch_size=1)
+    with using_protocol(model, MMEBProtocol("vlm2vec", image_resolution="low")):
+        assert all(b.dtype == torch.bfloat16 for n, b in model.named_buffers() if n.endswith("inv_freq"))
+        ours = model.encode(inputs, batch_size=1)
+    np.testing.assert_array_equal(ours, expected)
+    assert all(b.dtype == torch.float32 for n, b in model.named_buffers() if n.endswith("inv_freq"))
+    with model.using_format(vlm2vec_format("qwen2_vl", "low")):
+        unrounded = model.encode(inputs, batch_size=1)
+    assert np.abs(unrounded - ours).max() > 0  # the rounding is visible in bf16
+
+
+def test_vlm2vec_protocol_pads_on_the_side_the_folders_tokenizer_loads_with(tiny_model_copy):
+    folder = tiny_model_copy("qwen2_vl")
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    for side in ("left", "right"):
+        config_path.write_text(json.dumps({**config, "padding_side": side}))
+        model = unime.load(str(folder))
+        saved = model[0].unime_config.padding_side
+        with model.using_format(vlm2vec_format("qwen2_vl")):
+            assert model[0].tokenizer.padding_side == side
+            ids = model[0].preprocess(["a", "a much longer text"])["attention_mask"]
+        assert bool(ids[0, -1] == (side == "left"))
+        assert model[0].tokenizer.padding_side == saved  # the model's own side afterwards
+
+
+def test_vlm2vec_format_keeps_the_folders_processor_settings():
+    for family in ("qwen2_vl", "qwen2_5_vl", "llava_next", "phi3_v"):
+        fmt = vlm2vec_format(family)
+        assert dict(fmt.processor_kwargs) == {}  # no min_pixels / max_pixels: eval.py never sets them
+        assert fmt.padding_side == "tokenizer"
+        assert fmt.sequential_positions == family.startswith("qwen")

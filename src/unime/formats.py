@@ -29,8 +29,6 @@ VLM2VEC_MAX_SIDE = 1344
 VLM2VEC_FAMILIES = ("phi3_v", "llava_next", "qwen2_vl", "qwen2_5_vl")
 #: ``--max_len`` of UniME's README commands; other families are not truncated.
 VLM2VEC_MAX_LENGTH: dict[str, int] = {"phi3_v": 256, "llava_next": 4096}
-#: VLM2Vec v1 builds the Qwen2-VL processor with min_pixels=256*28*28, max_pixels=1280*28*28.
-VLM2VEC_QWEN_SIZE = {"shortest_edge": 256 * 28 * 28, "longest_edge": 1280 * 28 * 28}
 #: VLM2Vec v1 runs Phi-3.5-V with ``--num_crops 4``, an attribute of its image processor.
 VLM2VEC_PHI3_SETTINGS = {"num_crops": 4}
 
@@ -73,11 +71,19 @@ class InputFormat:
             one sequence per input whatever the model's mode, as VLM2Vec trains and evaluates).
         image_resize: resize every image before the processor; None keeps the processor's own.
         max_length: truncate each sequence to this many tokens (``truncation=True``); None: no limit.
-        padding_side: ``"left"`` or ``"right"``; None keeps the model's saved side. Pooling reads
-            the last non-padding token of each row, so the side does not change an embedding.
-        processor_kwargs: extra arguments of every processor call (e.g. Qwen2-VL's pixel bounds).
+        padding_side: ``"left"``, ``"right"``, ``"tokenizer"`` (the side the folder's tokenizer
+            loads with, before the model's saved side replaces it) or None (the model's saved side).
+            Pooling reads the last non-padding token of each row, so the side changes an embedding
+            only by rounding: in bf16 a left-padded row can differ from the same row alone in the
+            last bit.
+        processor_kwargs: extra arguments of every processor call (none in the protocols that ship).
         image_processor_settings: attributes set on the image processor during each call (e.g.
             Phi-3.5-V's ``num_crops``), restored afterwards.
+        sequential_positions: image tokens take text positions, one after another, instead of the
+            backbone's 2-D multimodal RoPE (Qwen2-VL / Qwen2.5-VL): what VLM2Vec v1's own copy of
+            those models computes for its raw inputs, since its ``get_rope_index`` starts an image
+            only at ``<|vision_start|>``, a token the raw format never writes. No effect on families
+            without M-RoPE.
     """
 
     style: str = "prompted"
@@ -86,12 +92,15 @@ class InputFormat:
     padding_side: str | None = None
     processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
     image_processor_settings: Mapping[str, Any] = field(default_factory=dict)
+    sequential_positions: bool = False
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ValueError(f"input style must be one of {', '.join(STYLES)}, got {self.style!r}")
-        if self.padding_side not in (None, "left", "right"):
-            raise ValueError(f"padding_side must be 'left', 'right' or None, got {self.padding_side!r}")
+        if self.padding_side not in (None, "left", "right", "tokenizer"):
+            raise ValueError(
+                f"padding_side must be 'left', 'right', 'tokenizer' or None, got {self.padding_side!r}"
+            )
         if self.max_length is not None and (isinstance(self.max_length, bool) or self.max_length <= 0):
             raise ValueError(f"max_length must be a positive integer, got {self.max_length!r}")
 
@@ -106,6 +115,7 @@ class InputFormat:
             "image_processor_settings": {
                 k: self.image_processor_settings[k] for k in sorted(self.image_processor_settings)
             },
+            "sequential_positions": self.sequential_positions,
         }
 
 
@@ -128,27 +138,28 @@ def vlm2vec_format(family: str, image_resolution: str = "high", max_length: int 
 
     Raw text; images resized per ``image_resolution`` except for Phi-3.5-V (its processor gets them
     as opened); ``max_length`` defaults to the README's ``--max_len`` (Phi-3.5-V 256, LLaVA-1.6
-    4096, no truncation otherwise); Phi-3.5-V pads on the right with ``num_crops`` 4; Qwen2-VL and
-    Qwen2.5-VL get VLM2Vec's pixel bounds.
+    4096, no truncation otherwise); Phi-3.5-V gets ``num_crops`` 4; rows are padded on the side
+    the folder's tokenizer loads with (``processor.tokenizer.pad``). Every other processor setting
+    is the model folder's own (Qwen2-VL's pixel bounds included): ``eval.py``
+    builds the processor with ``AutoProcessor.from_pretrained(model)``; the ``min_pixels`` /
+    ``max_pixels`` of VLM2Vec's ``load_processor`` belong to its demos, never to ``eval.py``.
+    Qwen2-VL and Qwen2.5-VL image tokens take sequential text positions (``sequential_positions``).
     """
     resize = None if family == "phi3_v" else resolution_resize(image_resolution)
     if max_length is None:
         max_length = VLM2VEC_MAX_LENGTH.get(family)
     processor_kwargs: dict[str, Any] = {}
     settings: dict[str, Any] = {}
-    padding_side = None
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        processor_kwargs["size"] = dict(VLM2VEC_QWEN_SIZE)
     if family == "phi3_v":
         settings.update(VLM2VEC_PHI3_SETTINGS)
-        padding_side = "right"
     return InputFormat(
         style="raw",
         image_resize=resize,
         max_length=max_length,
-        padding_side=padding_side,
+        padding_side="tokenizer",
         processor_kwargs=processor_kwargs,
         image_processor_settings=settings,
+        sequential_positions=family in ("qwen2_vl", "qwen2_5_vl"),
     )
 
 

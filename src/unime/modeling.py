@@ -117,6 +117,8 @@ class UniMETransformer(Transformer):
         # How inputs are rendered (the UniME prompts by default); set by benchmarks and training,
         # never saved: a loaded model embeds with its prompts and its processor's own image size.
         self.input_format: InputFormat = PROMPTED
+        # The side the folder's tokenizer pads on (VLM2Vec pads with it); the saved side replaces it.
+        self.tokenizer_padding_side: str = self.tokenizer.padding_side
         self.tokenizer.padding_side = self.unime_config.padding_side
 
     def train(self, mode: bool = True) -> UniMETransformer:
@@ -166,7 +168,8 @@ class UniMETransformer(Transformer):
     def set_input_format(self, input_format: InputFormat | None) -> None:
         """Use ``input_format`` (None: :data:`~unime.formats.PROMPTED`) from now on; never saved."""
         self.input_format = input_format or PROMPTED
-        self.tokenizer.padding_side = self.input_format.padding_side or self.unime_config.padding_side
+        side = self.input_format.padding_side or self.unime_config.padding_side
+        self.tokenizer.padding_side = self.tokenizer_padding_side if side == "tokenizer" else side
 
     def render(self, item: EmbedInput, where: str = "input") -> tuple[str, list[Any]]:
         """The prompt and the images of one input, in the current input format (the backbone's
@@ -264,6 +267,9 @@ class UniMETransformer(Transformer):
                 # LLaVA-OneVision's processor lists only the rows that have images, which the
                 # engine would slice per row; one entry per row (zeros included) slices correctly.
                 features["batch_num_images"] = features["num_images_per_sample"].clone()
+        if self.input_format.sequential_positions and "mm_token_type_ids" in features:
+            # Every token typed as text: the model's RoPE index then numbers image tokens like text.
+            features["mm_token_type_ids"] = torch.zeros_like(features["mm_token_type_ids"])
         features["modality"] = "image" if any(counts) else "text"
         if self.transformer_task in ("text-generation", "any-to-any"):
             features["logits_to_keep"] = 1

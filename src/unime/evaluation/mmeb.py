@@ -163,8 +163,35 @@ def using_protocol(model: Any, protocol: MMEBProtocol | None) -> Iterator[None]:
             logger.info("not a unime model: MMEB inputs go to its encode() as they are")
         yield
         return
-    with target.using_format(protocol.input_format(target.backbone.family)):
+    buffers = vlm2vec_buffers(target) if protocol.name == "vlm2vec" else contextlib.nullcontext()
+    with target.using_format(protocol.input_format(target.backbone.family)), buffers:
         yield
+
+
+@contextlib.contextmanager
+def vlm2vec_buffers(model: Any) -> Iterator[None]:
+    """Floating-point buffers in the weights' half precision while the block runs, as VLM2Vec v1's
+    ``model.to(dtype=torch.bfloat16)`` leaves them: its RoPE frequencies (``inv_freq``) are then
+    rounded to bf16, and every position's angle with them. A model loaded in bf16 by transformers
+    keeps those buffers in float32, which moves the scores by up to a few 1e-3 on the same inputs.
+    A float32 model is left as it is; the buffers are restored afterwards."""
+    import torch
+
+    dtype = getattr(model, "dtype", None)
+    if dtype not in (torch.bfloat16, torch.float16):
+        yield
+        return
+    saved = []
+    for module in model.modules():
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+                saved.append((module, name, buffer))
+                module._buffers[name] = buffer.to(dtype)
+    try:
+        yield
+    finally:
+        for module, name, buffer in saved:
+            module._buffers[name] = buffer
 
 
 @dataclass
