@@ -418,3 +418,54 @@ def test_vlm2vec_format_keeps_the_folders_processor_settings():
         assert dict(fmt.processor_kwargs) == {}  # no min_pixels / max_pixels: eval.py never sets them
         assert fmt.padding_side == "tokenizer"
         assert fmt.sequential_positions == family.startswith("qwen")
+
+
+def test_vlm2vec_protocol_reads_image_files_as_stored_without_exif_turning(tiny_model_factory, tmp_path):
+    # VLM2Vec opens files with Image.open: an EXIF orientation tag is not applied. unime's own
+    # rendering turns the image as a viewer shows it.
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.new("RGB", (60, 20), (200, 30, 30)).save(path, exif=exif)
+    model = unime.load(str(tiny_model_factory("qwen2_vl")))
+    item = unime.inputs.to_input({"image": str(path)})
+    assert model[0].render(item)[1][0].size == (20, 60)
+    with model.using_format(dataclasses.replace(vlm2vec_format("qwen2_vl", "none"))):
+        assert model[0].render(item)[1][0].size == (60, 20)
+    assert vlm2vec_format("llava_next").exif_orientation is False and PROMPTED.exif_orientation is True
+
+
+def test_image_processor_settings_hold_until_the_last_overlapping_block_leaves():
+    from unime.processors import image_processor_settings
+
+    processor = SimpleNamespace(image_processor=SimpleNamespace(num_crops=16))
+    first = image_processor_settings(processor, {"num_crops": 4})
+    second = image_processor_settings(processor, {"num_crops": 4})
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # another thread is still inside: the value stays
+    assert processor.image_processor.num_crops == 4
+    with pytest.raises(RuntimeError, match="in use"):
+        with image_processor_settings(processor, {"num_crops": 8}):
+            pass
+    second.__exit__(None, None, None)
+    assert processor.image_processor.num_crops == 16
+
+
+def test_preprocessing_threads_give_the_embeddings_of_one_thread(tiny_model_factory, images, monkeypatch, tmp_path):
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(str(tmp_path / f"{index}.png"))
+        image.save(paths[-1])
+    inputs = [f"caption number {i} " * (i % 5 + 1) for i in range(13)]
+    inputs += [{"text": "<|image_1|> Represent the given image\n", "image": p} for p in paths * 3]
+    model = unime.load(str(tiny_model_factory("qwen2_vl")))
+    results = {}
+    for workers in ("1", "3"):
+        monkeypatch.setenv("UNIME_PREPROCESS_WORKERS", workers)
+        with model.using_format(vlm2vec_format("qwen2_vl", "low")):
+            results[workers] = model.encode(inputs, batch_size=2)
+    np.testing.assert_array_equal(results["1"], results["3"])
+    monkeypatch.setenv("UNIME_PREPROCESS_WORKERS", "zero")
+    with pytest.raises(ValueError, match="UNIME_PREPROCESS_WORKERS"):
+        model.encode(inputs[:2])

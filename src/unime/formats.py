@@ -84,6 +84,8 @@ class InputFormat:
             those models computes for its raw inputs, since its ``get_rope_index`` starts an image
             only at ``<|vision_start|>``, a token the raw format never writes. No effect on families
             without M-RoPE.
+        exif_orientation: turn image files by their EXIF orientation tag (what a viewer shows);
+            False keeps the pixels as stored, as VLM2Vec's ``Image.open`` reads them.
     """
 
     style: str = "prompted"
@@ -93,6 +95,7 @@ class InputFormat:
     processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
     image_processor_settings: Mapping[str, Any] = field(default_factory=dict)
     sequential_positions: bool = False
+    exif_orientation: bool = True
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -116,6 +119,7 @@ class InputFormat:
                 k: self.image_processor_settings[k] for k in sorted(self.image_processor_settings)
             },
             "sequential_positions": self.sequential_positions,
+            "exif_orientation": self.exif_orientation,
         }
 
 
@@ -143,7 +147,8 @@ def vlm2vec_format(family: str, image_resolution: str = "high", max_length: int 
     is the model folder's own (Qwen2-VL's pixel bounds included): ``eval.py``
     builds the processor with ``AutoProcessor.from_pretrained(model)``; the ``min_pixels`` /
     ``max_pixels`` of VLM2Vec's ``load_processor`` belong to its demos, never to ``eval.py``.
-    Qwen2-VL and Qwen2.5-VL image tokens take sequential text positions (``sequential_positions``).
+    Qwen2-VL and Qwen2.5-VL image tokens take sequential text positions (``sequential_positions``);
+    image files are read as stored, their EXIF orientation not applied (``Image.open``).
     """
     resize = None if family == "phi3_v" else resolution_resize(image_resolution)
     if max_length is None:
@@ -160,6 +165,7 @@ def vlm2vec_format(family: str, image_resolution: str = "high", max_length: int 
         processor_kwargs=processor_kwargs,
         image_processor_settings=settings,
         sequential_positions=family in ("qwen2_vl", "qwen2_5_vl"),
+        exif_orientation=False,
     )
 
 

@@ -115,8 +115,9 @@ def _eight_bit(image: Image.Image) -> Image.Image:
 
 
 def open_image(source: ImageSource, where: str = "input", *, formats: tuple[str, ...] | None = None,
-               max_pixels: int | None = None) -> Image.Image:
-    """Decode a file (a path) or bytes: first frame, EXIF orientation applied, 8 bits per channel.
+               max_pixels: int | None = None, orient: bool = True) -> Image.Image:
+    """Decode a file (a path) or bytes: first frame, EXIF orientation applied (``orient=False``:
+    the pixels as stored, as ``PIL.Image.open`` gives them), 8 bits per channel.
 
     The mode is kept (RGB, RGBA, L, LA, P, CMYK, ...): callers that resize before converting (a
     protocol's resize, as VLM2Vec does) do so, then call :func:`to_rgb`. ``formats`` limits the
@@ -129,7 +130,7 @@ def open_image(source: ImageSource, where: str = "input", *, formats: tuple[str,
             image.seek(0)
             image.load()
             try:
-                oriented = ImageOps.exif_transpose(image)
+                oriented = ImageOps.exif_transpose(image) if orient else None
             except Exception as error:  # a damaged EXIF block: the pixels are still good
                 logger.debug("%s: ignoring unreadable EXIF orientation of %s: %s", where, _name(source), error)
                 oriented = None

@@ -75,7 +75,11 @@ def to_input(item: Any, where: str = "input") -> EmbedInput:
 
 
 def load_image(
-    image: ImageLike, where: str = "input", size: int | None = None, resize: Callable[[Image.Image], Image.Image] | None = None
+    image: ImageLike,
+    where: str = "input",
+    size: int | None = None,
+    resize: Callable[[Image.Image], Image.Image] | None = None,
+    orient: bool = True,
 ) -> Image.Image:
     """Open an image as RGB, with an error that names the item and the file when it fails.
 
@@ -85,7 +89,8 @@ def load_image(
     (:class:`unime.images.ImageDecodeError`) naming ``where`` and the file. ``resize`` is applied to
     the image as opened, before the RGB conversion (a protocol's resize,
     :class:`unime.formats.ImageResize`, as VLM2Vec applies it); ``size`` resizes the RGB image to
-    a square of that many pixels (bicubic), for callers that train at a fixed size.
+    a square of that many pixels (bicubic), for callers that train at a fixed size. ``orient=False``
+    leaves a file's EXIF orientation unapplied (VLM2Vec's protocol: the pixels as stored).
     """
     from unime.images import open_image, to_rgb
 
@@ -95,7 +100,7 @@ def load_image(
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"{where}: image file not found: {path}")
-        result = open_image(path, where)
+        result = open_image(path, where, orient=orient)
     if resize is not None:
         result = resize(result)
     result = to_rgb(result)

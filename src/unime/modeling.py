@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,9 @@ class UniMETransformer(Transformer):
     def _images(self, item: EmbedInput, where: str) -> list[Any]:
         # The saved unime_config.image_size is the training size, not applied here: inference
         # resizes only when the input format asks (docs/evaluation.md, "Image size").
-        return [load_image(item.image, where, resize=self.input_format.image_resize)] if item.has_image else []
+        input_format = self.input_format
+        return ([load_image(item.image, where, resize=input_format.image_resize, orient=input_format.exif_orientation)]
+                if item.has_image else [])
 
     def _render_raw(self, item: EmbedInput, where: str) -> tuple[str, list[Any]]:
         """VLM2Vec's input: the text as it is, ``<|image_1|>`` replaced by the bare image token."""
@@ -292,6 +295,20 @@ class UniMETransformer(Transformer):
         return pad_samples(samples, pad_id if pad_id is not None else 0, tokenizer.padding_side)
 
 
+def preprocess_workers() -> int:
+    """Threads that prepare batches during ``encode``: ``UNIME_PREPROCESS_WORKERS``, else the CPU count (at most 8)."""
+    value = os.environ.get("UNIME_PREPROCESS_WORKERS")
+    if value is not None:
+        try:
+            workers = int(value)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise ValueError(f"UNIME_PREPROCESS_WORKERS must be a positive integer, got {value!r}")
+        return workers
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 # encode arguments the prefetching loop handles; any other argument takes sentence-transformers' loop.
 _PREFETCH_KWARGS = frozenset({"batch_size", "show_progress_bar", "convert_to_numpy", "convert_to_tensor", "device"})
 
@@ -370,9 +387,13 @@ class UniMEModel(SentenceTransformer):
         convert_to_tensor: bool = False,
         device: str | None = None,
     ) -> Any:
-        """``encode`` with the next batch's preprocessing (image decoding, processor) overlapped with the
-        current batch's forward pass: MLLM preprocessing is CPU work that would otherwise leave the
-        accelerator idle. Same batches, same order, same results as the sentence-transformers loop."""
+        """``encode`` with the preprocessing of the next batches (image decoding, resizing, processor)
+        running in worker threads while the current batch's forward pass runs: MLLM preprocessing
+        is CPU work that would otherwise leave the accelerator idle, and on a CPU it is often the
+        larger part (a VLM2Vec-resized 1344 px image costs more to prepare than a small model takes
+        to embed it). PIL and the image processors release the GIL, so the threads use every core.
+        Same batches, same results as the sentence-transformers loop. ``UNIME_PREPROCESS_WORKERS``
+        sets the number of threads (default: the CPU count, at most 8)."""
         from sentence_transformers.util import batch_to_device
         from tqdm.auto import tqdm
 
@@ -382,16 +403,23 @@ class UniMEModel(SentenceTransformer):
         batches = [order[start : start + batch_size] for start in range(0, len(items), batch_size)]
         outputs: list[torch.Tensor | None] = [None] * len(items)
         progress = tqdm(total=len(batches), desc="Batches", disable=not show_progress_bar)
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        workers = preprocess_workers()
+        ahead = workers + 1  # batches being prepared while one is embedded
 
-            def prepare(batch: np.ndarray) -> dict[str, Any]:
-                return self.preprocess([items[i] for i in batch], item_names=[f"input {i}" for i in batch])
+        def prepare(batch: np.ndarray) -> dict[str, Any]:
+            return self.preprocess([items[i] for i in batch], item_names=[f"input {i}" for i in batch])
 
-            pending = deque(pool.submit(prepare, batch) for batch in batches[:2])
+        with ThreadPoolExecutor(max_workers=workers) as pool, self._image_settings():
+            # The first batch is prepared alone: its processor call settles the tokenizer's padding and
+            # truncation state, which later calls (the same settings) then only read, never write.
+            first: Future[dict[str, Any]] = Future()
+            if batches:
+                first.set_result(prepare(batches[0]))
+            pending = deque([first, *(pool.submit(prepare, batch) for batch in batches[1:ahead])])
             for index, batch in enumerate(batches):
                 features = pending.popleft().result()
-                if index + 2 < len(batches):
-                    pending.append(pool.submit(prepare, batches[index + 2]))
+                if index + ahead < len(batches):
+                    pending.append(pool.submit(prepare, batches[index + ahead]))
                 embeddings = self(batch_to_device(features, device))["sentence_embedding"]
                 for position, row in zip(batch, embeddings.float().cpu(), strict=True):
                     outputs[position] = row
@@ -401,6 +429,13 @@ class UniMEModel(SentenceTransformer):
         if convert_to_tensor:
             return stacked
         return stacked.numpy().astype(np.float32) if convert_to_numpy else list(stacked)
+
+    @contextmanager
+    def _image_settings(self) -> Iterator[None]:
+        """The input format's image processor settings held for a whole encode (the threads' calls nest)."""
+        module = self[0]
+        with image_processor_settings(module.processor, module.input_format.image_processor_settings):
+            yield
 
     def set_mode(self, mode: str) -> None:
         """Switch between ``sum`` and ``joint`` for inputs with both text and image (saved with the model)."""

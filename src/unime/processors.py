@@ -10,6 +10,7 @@ argument names of ``__init__``, hence the explicit signatures.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -53,21 +54,41 @@ class ImageOnlyLlavaOnevisionProcessor(LlavaOnevisionProcessor):
         )
 
 
+_SETTINGS_LOCK = threading.Lock()
+
+
 @contextmanager
 def image_processor_settings(processor: Any, settings: Any) -> Iterator[None]:
-    """Set attributes of the processor's image processor for the duration of a ``with`` block."""
+    """Set attributes of the processor's image processor for the duration of a ``with`` block.
+
+    Safe when several threads preprocess batches at once (``UniMEModel.encode`` does): the first
+    block to enter sets the values, the last to leave restores the previous ones, so no thread
+    restores them while another is still inside. All blocks open at once must ask for the same
+    settings (one input format at a time); a different request raises."""
     target = getattr(processor, "image_processor", None)
     if not settings or target is None:
         yield
         return
-    previous = {name: getattr(target, name, None) for name in settings}
-    for name, value in settings.items():
-        setattr(target, name, value)
+    wanted = dict(settings)
+    with _SETTINGS_LOCK:
+        state = target.__dict__.get("_unime_settings")
+        if state is None:
+            previous = {name: getattr(target, name, None) for name in wanted}
+            for name, value in wanted.items():
+                setattr(target, name, value)
+            state = target.__dict__["_unime_settings"] = {"wanted": wanted, "previous": previous, "open": 0}
+        elif state["wanted"] != wanted:
+            raise RuntimeError(f"image processor settings {wanted} requested while {state['wanted']} are in use")
+        state["open"] += 1
     try:
         yield
     finally:
-        for name, value in previous.items():
-            setattr(target, name, value)
+        with _SETTINGS_LOCK:
+            state["open"] -= 1
+            if state["open"] == 0:
+                for name, value in state["previous"].items():
+                    setattr(target, name, value)
+                del target.__dict__["_unime_settings"]
 
 
 def pad_samples(samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str) -> dict[str, Any]:
