@@ -7,7 +7,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from unime.training.captioning import DEFAULT_PROMPT
+    from unime.config import CAPTION_PROMPT
 
     parser = subparsers.add_parser(
         "caption",
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--model", required=True, help="model folder (a unime model or a base MLLM) or hub id")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the instruction after the image (default: %(default)s)")
+    parser.add_argument("--prompt", default=CAPTION_PROMPT, help="the instruction after the image (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=30, help="caption length limit in tokens")
     parser.add_argument("--image-size", type=int, default=None, help="square resize before the processor")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's hub remote code")

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from unime.config import CAPTION_PROMPT as DEFAULT_PROMPT
 from unime.config import CONTENT_SLOT
 from unime.inputs import load_image
 
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 # What feature alignment trains: the projector from vision features to the LLM's embedding space.
 PROJECTOR = "multi_modal_projector"
 IGNORE_INDEX = -100
-DEFAULT_PROMPT = "Describe the image in one sentence."
 
 
 @dataclass(frozen=True)
