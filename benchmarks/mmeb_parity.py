@@ -26,7 +26,8 @@ on a CPU; see docs/evaluation.md, "Parity with VLM2Vec v1"), then::
 of the peer code that loads its model in float32 is made beside it (``vlm2vec-fp32/``): the maths
 compared without bf16 rounding. ``--record-inputs FILE`` writes the token ids and pixel shapes the
 peer feeds its model for a few fixture rows (tests/data/vlm2vec_peer_inputs.json comes from it).
-The peer's encodings are Python pickles (its format): read only from the folder this script made.
+The peer's encodings are Python pickles (its format): the peer's own interpreter turns them into
+arrays and JSON for the comparison; nothing here unpickles.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import random
 import shutil
 import statistics
@@ -78,19 +78,22 @@ def build_fixture(photos: Path, out: Path, sets: list[str], queries: int, seed: 
 
     rng = random.Random(seed)
     captions = read_captions(photos)
-    names = sorted(captions)[:queries]
+    pool = sorted(captions)  # negatives come from every photo, queries are the first ones
+    names = pool[:queries]
     image_dir = out / "images" / "photos"
     image_dir.mkdir(parents=True, exist_ok=True)
-    for name in names:
+
+    def copied(name: str) -> str:
         if not (image_dir / name).exists():
             shutil.copy(photos / "images" / name, image_dir / name)
+        return f"photos/{name}"
     labels = LABELS[:100]
     written = []
     for key in sets:
         rows = []
         for index, name in enumerate(names):
-            path = f"photos/{name}"
-            others = [n for n in names if n != name]
+            path = copied(name)
+            others = [n for n in pool if n != name]
             if key in ("cls", "vqa"):
                 positive = rng.choice(labels)
                 rest = [label for label in labels if label != positive]
@@ -108,7 +111,7 @@ def build_fixture(photos: Path, out: Path, sets: list[str], queries: int, seed: 
                 candidates = [name, *rng.sample(others, 99)]
                 rows.append({"qry_text": f"Find me an everyday image that matches the given caption: {captions[name][0]}\n",
                              "qry_img_path": "", "tgt_text": ["<|image_1|> Represent the given image.\n"] * 100,
-                             "tgt_img_path": [f"photos/{n}" for n in candidates]})
+                             "tgt_img_path": [copied(n) for n in candidates]})
             elif key == "grounding":
                 crop_dir = out / "images" / "crops"
                 crop_dir.mkdir(parents=True, exist_ok=True)
@@ -191,17 +194,36 @@ def run_unime(model: str, fixture: Path, sets: list[str], batch: int, dtype: str
     return wall
 
 
-def peer_scores(encodings: Path, fixture: Path, name: str) -> np.ndarray:
+# Run by the peer's own interpreter: its encodings are Python pickles (its format), turned here
+# into arrays and JSON so that this project never unpickles anything.
+EXPORT = r"""
+import json, pickle, sys
+import numpy as np
+folder, name = sys.argv[1:3]
+for side in ("qry", "tgt"):
+    with open(f"{folder}/{name}_{side}", "rb") as handle:
+        matrix, index = pickle.load(handle)
+    np.save(f"{folder}/{name}_{side}.npy", np.asarray(matrix, dtype=np.float32))
+    with open(f"{folder}/{name}_{side}.json", "w") as handle:
+        json.dump([[item["text"], item["img_path"]] for item in index], handle)
+"""
+
+
+def peer_scores(peer: Path, encodings: Path, fixture: Path, name: str) -> np.ndarray:
     """The peer's candidate scores of every row, from its encodings (cosine, as its get_pred)."""
     import pandas as pd
 
+    done = subprocess.run([str(peer / "venv" / "bin" / "python"), "-c", EXPORT, str(encodings), name],
+                          env=peer_env(peer), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"reading the peer's encodings failed:\n{done.stderr[-3000:]}")
     rows = pd.read_parquet(next((fixture / "mmeb" / name).glob("*.parquet")))
     embedding = {}
     for side in ("qry", "tgt"):
-        with open(encodings / f"{name}_{side}", "rb") as handle:
-            matrix, index = pickle.load(handle)  # noqa: S301 - the peer's own output, written by this script's run
+        matrix = np.load(encodings / f"{name}_{side}.npy")
         matrix = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
-        embedding.update({(item["text"], item["img_path"]): row for row, item in zip(matrix, index, strict=True)})
+        index = json.loads((encodings / f"{name}_{side}.json").read_text())
+        embedding.update({(text, path): row for row, (text, path) in zip(matrix, index, strict=True)})
     return np.stack([
         np.stack([embedding[(t, p)] for t, p in zip(row.tgt_text, row.tgt_img_path, strict=True)])
         @ embedding[(row.qry_text, row.qry_img_path)]
@@ -209,10 +231,10 @@ def peer_scores(encodings: Path, fixture: Path, name: str) -> np.ndarray:
     ])
 
 
-def compare(peer_dir: Path, unime_dir: Path, fixture: Path, sets: list[str]) -> list[dict]:
+def compare(peer: Path, peer_dir: Path, unime_dir: Path, fixture: Path, sets: list[str]) -> list[dict]:
     results = []
     for name in sets:
-        theirs = peer_scores(peer_dir, fixture, name)
+        theirs = peer_scores(peer, peer_dir, fixture, name)
         ours = np.load(unime_dir / "scores" / f"{name}.npy").astype(np.float64)
         if ours.shape != theirs.shape:
             raise SystemExit(f"{name}: unime scores {ours.shape} but the peer's {theirs.shape}")
@@ -317,7 +339,7 @@ def main() -> None:
                                    args.out / "peer"))
         unime_walls.append(run_unime(args.model, fixture, sets, args.batch_size, args.dtype, args.out / "unime"))
         print(f"run {run + 1}/{args.runs}: VLM2Vec {peer_walls[-1]:.1f} s, unime {unime_walls[-1]:.1f} s", flush=True)
-    results = compare(args.out / "peer", args.out / "unime", fixture, sets)
+    results = compare(args.peer, args.out / "peer", args.out / "unime", fixture, sets)
     peer_wall, unime_wall = statistics.median(peer_walls), statistics.median(unime_walls)
     print(f"\n{args.family}, {args.dtype}, batch {args.batch_size}, {args.queries} rows a set")
     print("| set | queries x candidates | max abs score diff | argmax agreement | P@1 VLM2Vec | P@1 unime |")
