@@ -128,3 +128,18 @@ def test_prepared_sets_read_back_and_dev_is_never_trained_on(flickr, tmp_path):
     scores = evaluate_mmeb(ConceptModel(), load_mmeb(data / "mmeb_eval", data / "images"), groups=groups)
     assert scores["mmeb/Flickr8k_i2t/precision@1"] == scores["mmeb/Flickr8k_t2i/precision@1"] == 100.0
     assert [p.rsplit("/", 1)[-1] for p in photo_examples(data, 2)] == [f"{CONCEPTS[5]}_5.jpg", f"{CONCEPTS[6]}_6.jpg"]
+
+
+def test_the_seeing_preset_scores_exactly_its_real_image_mmeb_sets(tmp_path):
+    from unime.demo import _evaluate
+    from unime.synth import SynthConfig, generate
+
+    preset = PRESETS["seeing"]
+    data = tmp_path / "data"
+    generate(data, SynthConfig(seed=0, **preset.synth))
+    prepare_photos(find_photos(None), data, preset.photos)
+    assert all((data / "mmeb_eval" / name).is_dir() for name in preset.mmeb_datasets)
+    metrics, _ = _evaluate(ConceptModel(), data, 32, ("mmeb",), preset.mmeb_datasets)
+    scored = {key.split("/")[1] for key in metrics if (data / "mmeb_eval" / key.split("/")[1]).is_dir()}
+    assert scored == set(preset.mmeb_datasets)
+    assert len([p for p in (data / "mmeb_eval").iterdir() if p.is_dir()]) > len(scored)  # others were left out
