@@ -118,8 +118,9 @@ def _ablation_table(results: Mapping[str, Mapping[str, float]], logs: Mapping[st
         return []
     header = ["Negatives", "loss (2nd half)", "grad norm (2nd half)", "false neg. dropped %", "copies excluded %",
               "MMEB overall", "Replace", "Swap", "Flickr8k I2T R@1", "T2I R@1"]
-    # A benchmark the preset does not run on the ablations leaves its column out rather than blank.
-    keep = [i for i in range(len(header)) if i < 5 or any(row[i] != "-" for row in rows)]
+    # A benchmark the preset does not run on the ablations leaves its column out rather than blank
+    # (the label and training columns always hold a value: "nan" when a run logged none).
+    keep = [i for i in range(len(header)) if any(row[i] != "-" for row in rows)]
     return ["", "## Stage 2 negatives (from the stage-1 model)", ""] + _table(
         [header[i] for i in keep], [[row[i] for i in keep] for row in rows])
 
