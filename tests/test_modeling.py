@@ -276,6 +276,31 @@ def test_prefetching_encode_equals_the_sentence_transformers_loop(tiny_model_fac
     assert isinstance(tensor, torch.Tensor) and torch.allclose(tensor, torch.from_numpy(fast))
 
 
+def test_forward_threads_split_the_cores_by_cpu_time():
+    from unime.modeling import forward_threads
+
+    # Preparation-bound (a tiny model, 1344 px images): 0.1 s x 2 threads against 0.6 s -> 1 thread.
+    assert forward_threads(2, 0.1, 0.6) == 1
+    # Forward-bound (a real model on small images): keeps every thread.
+    assert forward_threads(2, 1.0, 0.08) == 2
+    # 8 threads, forward 0.2 s x 8 = 1.6 s CPU against 1.6 s of preparation: half the cores.
+    assert forward_threads(8, 0.2, 1.6) == 4
+    assert forward_threads(4, 0.0, 0.0) == 4 and forward_threads(1, 0.0, 5.0) == 1
+
+
+def test_encode_restores_the_torch_thread_count(tiny_model_factory, images, monkeypatch):
+    import unime.modeling as modeling
+
+    model = unime.load(str(tiny_model_factory("qwen2_vl")))
+    seen = []
+    real = modeling.forward_threads
+    monkeypatch.setattr(modeling, "forward_threads", lambda *args: seen.append(args) or 1)
+    before = torch.get_num_threads()
+    model.encode([images[0], images[1], images[2], images[0]], batch_size=1)
+    assert torch.get_num_threads() == before and len(seen) == 1 and seen[0][0] == before
+    monkeypatch.setattr(modeling, "forward_threads", real)
+
+
 def test_a_bare_peft_adapter_folder_loads_on_top_of_its_base(tiny_model_factory, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 

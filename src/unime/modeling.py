@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -256,13 +257,14 @@ class UniMETransformer(Transformer):
         ``item_names`` name the inputs in error messages (their position in the caller's list)."""
         if not inputs:
             return {}
-        calls = self.processor_calls(inputs, prompt, item_names)
-        counts = [len(call.get("images", ())) for call in calls]
         with image_processor_settings(self.processor, self.input_format.image_processor_settings):
+            calls = self.processor_calls(inputs, prompt, item_names)
+            self._fit_images(calls)
             if self.backbone.one_sample_per_call:
                 features = self._process_one_by_one(calls)
             else:
                 features = self._process_batch(calls)
+        counts = [len(call.get("images", ())) for call in calls]
         if any(counts):
             # Lets the GradCache engine slice image tensors per mini-batch.
             features["num_images_per_sample"] = torch.tensor(counts, dtype=torch.long)
@@ -277,6 +279,18 @@ class UniMETransformer(Transformer):
         if self.transformer_task in ("text-generation", "any-to-any"):
             features["logits_to_keep"] = 1
         return features
+
+    def _fit_images(self, calls: list[dict[str, Any]]) -> None:
+        """Resize each call's images to the size the processor gives them, where that gives its
+        pixels exactly (:meth:`unime.backbones.base.Backbone.fit_image`; a speed step only).
+        Runs with the format's image processor settings in place; call-time processor arguments
+        could change the size rule, so calls that carry any are left alone."""
+        image_processor = getattr(self.processor, "image_processor", None)
+        if image_processor is None or self.input_format.processor_kwargs:
+            return
+        for call in calls:
+            if "images" in call:
+                call["images"] = [self.backbone.fit_image(image, image_processor) for image in call["images"]]
 
     def _process_batch(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
         """All samples in one processor call (padding on the tokenizer's side)."""
@@ -307,6 +321,19 @@ def preprocess_workers() -> int:
             raise ValueError(f"UNIME_PREPROCESS_WORKERS must be a positive integer, got {value!r}")
         return workers
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def forward_threads(threads: int, forward_seconds: float, prepare_seconds: float) -> int:
+    """Torch threads for the forward passes of a CPU ``encode`` whose batches are prepared in worker
+    threads: the cores split by each side's CPU time a batch (the forward's measured with ``threads``
+    threads, the preparation's in one thread), never more than ``threads`` nor fewer than one. When
+    preparation is the larger part (VLM2Vec's 1344 px images on a tiny model), idle OpenMP threads
+    spinning between small forwards would take the cores the preparing threads need."""
+    forward_cpu = forward_seconds * threads
+    if forward_cpu + prepare_seconds <= 0:
+        return threads
+    share = forward_cpu / (forward_cpu + prepare_seconds)
+    return max(1, min(threads, round(threads * share)))
 
 
 # encode arguments the prefetching loop handles; any other argument takes sentence-transformers' loop.
@@ -409,21 +436,33 @@ class UniMEModel(SentenceTransformer):
         def prepare(batch: np.ndarray) -> dict[str, Any]:
             return self.preprocess([items[i] for i in batch], item_names=[f"input {i}" for i in batch])
 
+        threads = torch.get_num_threads()
+        on_cpu = torch.device(device).type == "cpu"
         with ThreadPoolExecutor(max_workers=workers) as pool, self._image_settings():
             # The first batch is prepared alone: its processor call settles the tokenizer's padding and
             # truncation state, which later calls (the same settings) then only read, never write.
             first: Future[dict[str, Any]] = Future()
+            prepare_seconds = 0.0
             if batches:
+                started = time.perf_counter()
                 first.set_result(prepare(batches[0]))
+                prepare_seconds = time.perf_counter() - started
             pending = deque([first, *(pool.submit(prepare, batch) for batch in batches[1:ahead])])
-            for index, batch in enumerate(batches):
-                features = pending.popleft().result()
-                if index + ahead < len(batches):
-                    pending.append(pool.submit(prepare, batches[index + ahead]))
-                embeddings = self(batch_to_device(features, device))["sentence_embedding"]
-                for position, row in zip(batch, embeddings.float().cpu(), strict=True):
-                    outputs[position] = row
-                progress.update(1)
+            try:
+                for index, batch in enumerate(batches):
+                    features = pending.popleft().result()
+                    if index + ahead < len(batches):
+                        pending.append(pool.submit(prepare, batches[index + ahead]))
+                    started = time.perf_counter()
+                    embeddings = self(batch_to_device(features, device))["sentence_embedding"]
+                    for position, row in zip(batch, embeddings.float().cpu(), strict=True):
+                        outputs[position] = row
+                    if index == 1 and on_cpu:
+                        # Measured on the second batch (the first pays one-time costs).
+                        torch.set_num_threads(forward_threads(threads, time.perf_counter() - started, prepare_seconds))
+                    progress.update(1)
+            finally:
+                torch.set_num_threads(threads)
         progress.close()
         stacked = torch.stack(outputs) if outputs else torch.empty(0)
         if convert_to_tensor:
