@@ -76,6 +76,9 @@ def build_fixture(photos: Path, out: Path, sets: list[str], queries: int, seed: 
     import pandas as pd
     from PIL import Image
 
+    # The peer's datasets cache keys a local parquet folder by its path, not its content: a cache
+    # kept from an earlier fixture at the same path would hand the peer the old rows.
+    shutil.rmtree(out / "peer-datasets", ignore_errors=True)
     rng = random.Random(seed)
     captions = read_captions(photos)
     pool = sorted(captions)  # negatives come from every photo, queries are the first ones
@@ -152,9 +155,9 @@ def float32_peer(code: Path) -> Path:
     return copy
 
 
-def peer_env(peer: Path) -> dict[str, str]:
+def peer_env(fixture: Path) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_DATASETS_CACHE=str(peer / "hf-datasets"))
+               HF_DATASETS_CACHE=str(fixture / "peer-datasets"))
     env.pop("PYTHONPATH", None)
     return env
 
@@ -172,7 +175,7 @@ def run_peer(peer: Path, code: Path, model: str, family: str, fixture: Path, set
     elif family == "llava_next":
         command += ["--num_crops", "4", "--max_len", "4096"]
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=code, env=peer_env(peer), capture_output=True, text=True)
+    done = subprocess.run(command, cwd=code, env=peer_env(fixture), capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"the peer failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -214,7 +217,7 @@ def peer_scores(peer: Path, encodings: Path, fixture: Path, name: str) -> np.nda
     import pandas as pd
 
     done = subprocess.run([str(peer / "venv" / "bin" / "python"), "-c", EXPORT, str(encodings), name],
-                          env=peer_env(peer), capture_output=True, text=True)
+                          env=peer_env(fixture), capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"reading the peer's encodings failed:\n{done.stderr[-3000:]}")
     rows = pd.read_parquet(next((fixture / "mmeb" / name).glob("*.parquet")))
@@ -302,7 +305,7 @@ def record_inputs(peer: Path, code: Path, model: str, family: str, fixture: Path
     script = target.with_suffix(".record.py")
     script.write_text(RECORD)
     done = subprocess.run([str(peer / "venv" / "bin" / "python"), str(script), family, model, str(spec), str(target)],
-                          cwd=code, env=peer_env(peer), capture_output=True, text=True)
+                          cwd=code, env=peer_env(fixture), capture_output=True, text=True)
     spec.unlink()
     script.unlink()
     if done.returncode != 0:
