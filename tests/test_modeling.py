@@ -211,11 +211,25 @@ def test_lora_adapter_saves_and_loads_identically(tiny_model_factory, images, tm
     np.testing.assert_allclose(before, after, atol=1e-6)
 
 
-def test_released_checkpoint_names_default_to_joint_mode(tiny_model_factory, tmp_path):
-    folder = tmp_path / "UniME-LLaVA-1.6-7B"
-    shutil.copytree(tiny_model_factory("llava_next"), folder)
-    assert unime.load(str(folder)).unime_config.mode == "joint"
-    assert unime.load(str(folder), mode="sum").unime_config.mode == "sum"
+def test_released_checkpoints_load_in_joint_mode_and_folder_names_decide_nothing(tiny_model_factory, tmp_path):
+    from unime.releases import released_checkpoint
+
+    # A released checkpoint as the hub cache keeps it on disk: recognised by its hub id.
+    cached = tmp_path / "hub" / "models--DeepGlint-AI--UniME-LLaVA-1.6-7B" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_model_factory("llava_next"), cached)
+    assert released_checkpoint(str(cached)) == "DeepGlint-AI/UniME-LLaVA-1.6-7B"
+    assert released_checkpoint("deepglint-ai/unime-phi3.5-v-4.2b") == "DeepGlint-AI/UniME-Phi3.5-V-4.2B"
+    assert unime.load(str(cached)).unime_config.mode == "joint"
+    assert unime.load(str(cached), mode="sum").unime_config.mode == "sum"
+    # A user's folder is never judged by its name: the same weights elsewhere keep the default mode
+    # (its embeddings do not change when the folder is renamed).
+    for name in ("UniME-LLaVA-1.6-7B", "my-unime-run", "plain"):
+        folder = tmp_path / name
+        shutil.copytree(tiny_model_factory("llava_next"), folder)
+        assert released_checkpoint(str(folder)) is None
+        assert unime.load(str(folder)).unime_config.mode == "sum"
+        assert unime.load(str(folder), mode="joint").unime_config.mode == "joint"
+    assert released_checkpoint(str(tmp_path / "hub" / "models--someone--other" / "snapshots" / "1")) is None
 
 
 def test_bad_inputs_name_the_item(tiny_model_factory, tmp_path):

@@ -50,7 +50,8 @@ def load(
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` (bfloat16 where the device has
             native bf16 kernels, float32 elsewhere: :func:`unime.environment.compute_dtype`); float32 when None.
         mode: ``"sum"`` or ``"joint"`` for inputs that carry both text and image; overrides the
-            saved setting.
+            saved setting. None: the saved setting; ``joint`` for a released UniME checkpoint
+            named by hub id (:mod:`unime.releases`); ``sum`` for any other plain folder.
 
     Returns:
         A :class:`unime.modeling.UniMEModel` (a ``sentence_transformers.SentenceTransformer``).

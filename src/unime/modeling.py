@@ -33,6 +33,7 @@ from unime.formats import PROMPTED, InputFormat
 from unime.inputs import EmbedInput, load_image, to_input
 from unime.model_names import check_model_files, check_model_name
 from unime.processors import image_processor_settings, pad_samples
+from unime.releases import default_mode
 
 logger = logging.getLogger(__name__)
 
@@ -571,9 +572,9 @@ def load_model(
         )
     else:
         model = build_model(name_or_path, trust_remote_code=trust_remote_code, device=device, dtype=dtype, **kwargs)
-        if mode is None and "unime" in path.name.lower():
-            # Released UniME checkpoints are instruction tuned (stage 2): one joint sequence.
-            mode = "joint"
+        if mode is None:
+            # A released UniME checkpoint is instruction tuned (stage 2): one joint sequence.
+            mode = default_mode(str(name_or_path))
     if mode is not None:
         model.set_mode(mode)
     return model
