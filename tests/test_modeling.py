@@ -332,3 +332,18 @@ def test_a_bare_peft_adapter_folder_loads_on_top_of_its_base(tiny_model_factory,
     expected_model[0].model = PeftModel.from_pretrained(expected_model[0].model, tmp_path / "adapter")
     np.testing.assert_allclose(got, expected_model.encode(["an adapter on a base"]), atol=1e-6)
     assert not np.allclose(got, unime.load(str(base)).encode(["an adapter on a base"]), atol=1e-3)
+
+
+def test_update_config_and_hf_model_are_the_model_api(tiny_model_factory):
+    model = unime.load(str(tiny_model_factory("qwen2_vl")))
+    inner = model.hf_model
+    assert inner is model[0].model and inner.__class__.__module__.startswith("transformers.")
+    config = model.update_config(mode="joint", stages=["distill"])
+    assert model.unime_config is config and config.mode == "joint" and config.stages == ["distill"]
+    with pytest.raises(ValueError, match=r"unknown unime config settings \['moed'\]"):
+        model.update_config(moed="joint")
+    with pytest.raises(ValueError, match="mode"):
+        model.update_config(mode="both")
+    assert model.unime_config.mode == "joint"
+    model.hf_model = inner
+    assert model[0].model is inner

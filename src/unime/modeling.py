@@ -8,6 +8,7 @@ pass, pooling, saving and training machinery are sentence-transformers'.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -374,7 +375,30 @@ class UniMEModel(SentenceTransformer):
 
     @property
     def unime_config(self) -> UniMEConfig:
+        """Every setting needed to reproduce an embedding (saved with the model); change it with
+        :meth:`update_config`."""
         return self[0].unime_config
+
+    def update_config(self, **changes: Any) -> UniMEConfig:
+        """Replace settings of :attr:`unime_config` (validated as a whole, as when loading) and
+        return the new config, e.g. ``model.update_config(mode="joint", stages=[..., "tune"])``."""
+        allowed = {field.name for field in dataclasses.fields(UniMEConfig)} - {"extra"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise ValueError(f"unknown unime config settings {unknown}")
+        config = UniMEConfig.from_dict({**self.unime_config.to_dict(), **changes})
+        self[0].unime_config = config
+        return config
+
+    @property
+    def hf_model(self) -> Any:
+        """The transformers model inside (a peft model once adapters are attached); assign to
+        replace it (e.g. with a peft model wrapping it)."""
+        return self[0].model
+
+    @hf_model.setter
+    def hf_model(self, value: Any) -> None:
+        self[0].model = value
 
     def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs: Any) -> dict[str, Any]:
         # The input module renders any mix of texts, images and both in one batch; the library's
@@ -479,7 +503,7 @@ class UniMEModel(SentenceTransformer):
 
     def set_mode(self, mode: str) -> None:
         """Switch between ``sum`` and ``joint`` for inputs with both text and image (saved with the model)."""
-        self[0].unime_config = UniMEConfig.from_dict({**self.unime_config.to_dict(), "mode": mode})
+        self.update_config(mode=mode)
 
     def encode(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         single = not isinstance(inputs, (list, tuple))
