@@ -30,7 +30,7 @@ def _hand_dataset(tmp_path):
 
 
 def test_recall_hand_computed(tmp_path):
-    # Similarities worked out in docs/evaluation.md ("A worked retrieval example").
+    # Similarities worked out in docs/evaluation.md, "Retrieval" (its worked retrieval example).
     model = LookupModel(
         {
             "i0.png": [1, 0],

@@ -370,7 +370,7 @@ def test_cached_loss_with_content_ids_matches_the_plain_loss():
 
 def _official_loss(query: torch.Tensor, positive: torch.Tensor, tau: float = 0.02, k: int = 8,
                    beta: float = 0.1) -> torch.Tensor:
-    """The official stage-2 example ``loss.py`` as method.md states it: cosine matrix of the in-batch
+    """The official stage-2 example ``loss.py`` as docs/method.md, "Stage 2 loss", states it: cosine matrix of the in-batch
     (query, positive) pairs, candidates above positive + beta masked to -inf, the positive itself
     masked, ``topk`` k of what is left, cross-entropy over [positive, k hard negatives] / tau."""
     scores = F.normalize(query, dim=-1) @ F.normalize(positive, dim=-1).T

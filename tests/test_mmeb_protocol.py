@@ -1,9 +1,9 @@
 """The VLM2Vec v1 MMEB protocol and Phi-3.5-V batching: what reaches each backbone's processor.
 
-The expected values are written from ../shared/docs/protocols.md (what VLM2Vec v1 ``eval.py``
-feeds), independently of unime's code: the row's text with ``<|image_1|>`` replaced by the
-backbone's token, the image as opened and resized by ``process_image``, and the processor
-arguments of one sample processed alone.
+The expected values are written from the protocol as docs/evaluation.md, "MMEB", states it (what
+VLM2Vec v1 ``eval.py`` feeds), independently of unime's code: the row's text with ``<|image_1|>``
+replaced by the backbone's token, the image as opened and resized by ``process_image``, and the
+processor arguments of one sample processed alone.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from unime.evaluation.mmeb import MMEBProtocol, load_mmeb_dataset
 from unime.formats import PROMPTED, ImageResize, InputFormat, vlm2vec_format
 from unime.processors import pad_samples
 
-# --------------------------------------------------------------------------- VLM2Vec, from protocols.md
+# ------------------------------------------------------ VLM2Vec, from docs/evaluation.md, "MMEB"
 
 VLM2VEC_TOKEN = {"phi3_v": "<|image_1|>", "llava_next": "<image>", "qwen2_vl": "<|image_pad|>",
                  "qwen2_5_vl": "<|image_pad|>"}

@@ -2,8 +2,9 @@
 
 The projection multiplies measured step times and rates by the work of the paper's recipes: stage 1
 over the NLI file, stage 2 for the recipe's steps at its global batch, the MMEB evaluation of 36 sets
-(method.md; the recipes in src/unime/recipes). It is for one GPU of the kind measured, random
-weights of the real sizes; data loading and checkpointing are not counted.
+(docs/method.md, "Recipe settings and their sources"; the recipes in src/unime/recipes). It is for
+one GPU of the kind measured, random weights of the real sizes; data loading and checkpointing
+are not counted.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-# method.md: "NLI sentence pairs, about 273k" (nli_for_simcse.csv: sent0, sent1, hard_neg). Stage 1
-# trains on the file's unique sentences (unime.training.text_data.read_sentences), at most 3 a row;
-# the exact count needs the file, so the projection takes that upper bound.
+# docs/method.md, "Stage 1 data": about 273k NLI sentence pairs (nli_for_simcse.csv: sent0, sent1,
+# hard_neg). Stage 1 trains on the file's unique sentences (unime.training.text_data.read_sentences),
+# at most 3 a row; the exact count needs the file, so the projection takes that upper bound.
 NLI_ROWS = 273_000
 NLI_SENTENCES_PER_ROW = 3
 MMEB_TRAIN_PAIRS = 662_000
 # 36 sets of 1000 queries; each distinct candidate is encoded once. As in the synthetic set, 1000
 # distinct candidates a set: a lower bound, the retrieval and VQA sets list candidates per query.
 MMEB_SETS, MMEB_QUERIES, MMEB_CANDIDATES = 36, 1000, 1000
-# What method.md reports of the paper's compute (Sec. "Stage 1": 8 A100).
+# The paper's reported compute (docs/method.md, "Stage 1 student and teacher": 8 A100).
 PAPER = {
     ("llava-1.6-7b", "stage1"): "about 2 h on 8 A100 (16 A100-hours)",
 }

@@ -22,7 +22,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 # The SmolLM2 defaults speak ChatML; no system turn (its template's default one cost 4.5 STS points
-# zero-shot in a measurement on this recipe, method.md).
+# zero-shot in a measurement on this recipe: docs/method.md, "Stage 1 measured on a CPU").
 SMOL_TEXT_PROMPT = "<|im_start|>user\n<sent>\nSummary above sentence in one word:<|im_end|>\n<|im_start|>assistant\n"
 SMOL_IMAGE_PROMPT = "<|im_start|>user\n<image>\nSummary above image in one word:<|im_end|>\n<|im_start|>assistant\n"
 SMOL_JOINT_PROMPT = "<|im_start|>user\n<content><|im_end|>\n<|im_start|>assistant\n"

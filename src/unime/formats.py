@@ -138,7 +138,7 @@ def resolution_resize(image_resolution: str) -> ImageResize:
 
 
 def vlm2vec_format(family: str, image_resolution: str = "high", max_length: int | None = None) -> InputFormat:
-    """The input format of VLM2Vec v1 ``eval.py`` for a backbone family (protocols.md).
+    """The input format of VLM2Vec v1 ``eval.py`` for a backbone family (docs/evaluation.md, "MMEB").
 
     Raw text; images resized per ``image_resolution`` except for Phi-3.5-V (its processor gets them
     as opened); ``max_length`` defaults to the README's ``--max_len`` (Phi-3.5-V 256, LLaVA-1.6

@@ -8,7 +8,7 @@ from typing import Any
 
 from unime.config import CONTENT_SLOT, TEXT_SLOT, UniMEConfig
 
-# The E5-V / UniME one-word summary prompts (method.md, "Embedding extraction").
+# The E5-V / UniME one-word summary prompts (docs/method.md, "Embedding extraction").
 TEXT_BODY = f"{TEXT_SLOT}\nSummary above sentence in one word:"
 IMAGE_BODY = "{image}\nSummary above image in one word:"
 

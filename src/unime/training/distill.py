@@ -5,7 +5,7 @@ teacher) sees between the sentences of a batch: :class:`unime.losses.SimilarityK
 student's last-token embeddings of the UniME text prompt and the teacher's cached embeddings. The
 vision tower and projector stay frozen and untouched, so the saved model is multimodal again.
 
-Defaults (method.md, "Stage 1 measured on a CPU"): KL(P_t || P_s), tau 0.05, self-similarity
+Defaults (docs/method.md, "Stage 1 measured on a CPU"): KL(P_t || P_s), tau 0.05, self-similarity
 excluded from both distributions, LoRA r16 / alpha 32 on all decoder linears, lr 2e-4, 5 warm-up
 steps, batch 32. With the diagonal included (the paper's printed form) the teacher's row-softmax is
 nearly the identity and the loss collapses within 20 steps; masked, it reached 76.3 STS-B vs 62-65.

@@ -1,7 +1,7 @@
 """The stage-1 teacher cache: every training sentence embedded once by the teacher, on disk.
 
-UniME computes the teacher embeddings offline (method.md, stage 1): the teacher (NV-Embed-v2 in the
-paper, 7B parameters) would otherwise run beside the student at every step. The cache is a folder::
+UniME computes the teacher embeddings offline (docs/method.md, "Stage 1 student and teacher"): the
+teacher (NV-Embed-v2 in the paper, 7B parameters) would otherwise run beside the student at every step. The cache is a folder::
 
     manifest.json        teacher, settings, dimension, row count, SHA-256 of the data, shard list
     shard-00000.npy      float rows [shard_size, dim], L2-normalised, in sentence order
