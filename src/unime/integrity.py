@@ -3,6 +3,11 @@ checked before it is read, so a truncated or corrupted file is named instead of 
 
 Writers record ``{"size": bytes, "sha256": hex}`` per file in a manifest written last (atomically,
 by :func:`write_json_atomic`); readers call :func:`check_file` on each entry before loading it.
+
+Every file unime writes in place of an older one goes through :func:`atomic_path` (or
+:func:`write_text_atomic` / :func:`write_json_atomic`, built on it): it is written under a temporary
+name beside the target and renamed over it, so readers see the old file or the new one, never a
+partial one.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +57,42 @@ def check_file(path: str | os.PathLike[str], entry: dict[str, Any], advice: str 
         raise CorruptFileError(path, "SHA-256 differs from the one recorded when it was written (corrupted)", advice)
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it over ``path``: readers see the old
-    file or the new one, never a partial one."""
+def _temporary_path(path: str | os.PathLike[str]) -> Path:
+    """The name :func:`atomic_path` writes ``path`` under first: hidden, beside it, ending in ``.tmp``.
+    It is the same on every try, so a write killed before its rename is overwritten by the next one."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write the file to; when the block ends, rename it over
+    ``path``. If the block (or the rename) fails, the temporary file is removed and ``path`` is left as
+    it was. For writers that produce the file through a library::
+
+        with atomic_path(target) as temporary:
+            save_file(tensors, str(temporary))
+
+    The temporary name ends in ``.tmp``: a library that picks its format from the file's suffix
+    (``numpy.save`` given a name, ``savefig``) is handed an open file or an explicit format instead.
+    """
+    path = Path(path)
+    temporary = _temporary_path(path)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding=encoding)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any, indent: int = 1) -> None:
+    """Write ``data`` as JSON (and a final newline) to ``path`` through :func:`atomic_path`: readers see
+    the old file or the new one, never a partial one."""
+    write_text_atomic(path, json.dumps(data, indent=indent) + "\n")

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     import unime
     from unime.environment import resolve_dtype
+    from unime.integrity import atomic_path
 
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
@@ -71,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
     embeddings = model.encode(rows, batch_size=args.batch_size, show_progress_bar=not args.no_progress)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp.npy")
-    np.save(tmp, np.asarray(embeddings, dtype=np.float32))
-    tmp.replace(output)
+    with atomic_path(output) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.asarray(embeddings, dtype=np.float32))
     print(f"wrote {output}: {len(rows)} x {embeddings.shape[1]}")
     return 0

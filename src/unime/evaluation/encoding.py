@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from unime.evaluation.common import EvalInput, input_key
-from unime.integrity import CorruptFileError, check_file, file_entry, write_json_atomic
+from unime.integrity import CorruptFileError, atomic_path, check_file, file_entry, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -218,9 +218,8 @@ class CachedEncoder:
         self._next_file += 1
         # Write then rename, so an interruption never leaves a truncated chunk behind; then record its
         # digest in the manifest (renamed into place too), so a chunk damaged later is named, not read.
-        partial = target.with_suffix(".partial")
-        save_file({"keys": keys, "embeddings": embeddings}, str(partial))
-        os.replace(partial, target)
+        with atomic_path(target) as partial:
+            save_file({"keys": keys, "embeddings": embeddings}, str(partial))
         if self._files is None:  # an older cache: its chunks are recorded as they are now
             self._files = {path.name: file_entry(path) for path in sorted(self.cache_dir.glob("chunk-*.safetensors"))
                            if path != target}

@@ -33,7 +33,7 @@ from unime.evaluation.mmeb import (
     summarize_mmeb,
     using_protocol,
 )
-from unime.integrity import CorruptFileError, write_json_atomic
+from unime.integrity import CorruptFileError, atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +108,8 @@ def save_score_matrix(folder: str | os.PathLike[str], name: str, scores: Any) ->
 
     path = Path(folder) / f"{name}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as handle:
+    with atomic_path(path) as partial, open(partial, "wb") as handle:
         np.save(handle, np.asarray(scores, dtype=np.float32))
-    os.replace(partial, path)
     return path
 
 

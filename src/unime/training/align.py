@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
+from unime.integrity import atomic_path, write_json_atomic
 from unime.training.recipes import AlignRecipe
 from unime.training.trainer import AtomicCheckpointMixin
 
@@ -87,22 +88,15 @@ def save_projector(projector: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
     tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in projector.state_dict().items()}
-    staging = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(staging), metadata={"format": "pt"})
-    os.replace(staging, path)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(staging, path)
+    with atomic_path(path) as staging:
+        save_file(tensors, str(staging), metadata={"format": "pt"})
 
 
 def write_projector_files(output: Path, trainer: Any, info_name: str, summary: dict[str, Any]) -> None:
     """Beside a saved model: the trained projector alone (``projector.safetensors``), the run's summary
     (``info_name``) and its log history (``training_log.jsonl``)."""
     save_projector(trainer.projector, output / PROJECTOR_FILE)
-    _write_json(output / info_name, summary)
+    write_json_atomic(output / info_name, summary, indent=2)
     log = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
     (output / TRAINING_LOG).write_text(log, encoding="utf-8")
 

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shlex
 import sys
 import time
@@ -45,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unime.training.align import AlignTrainer, _write_json, write_projector_files
+from unime.integrity import atomic_path, write_json_atomic
+from unime.training.align import AlignTrainer, write_projector_files
 from unime.training.recipes import BankTuneRecipe
 
 __all__ = ["BankTuneRecipe", "CaptionBank", "bank_losses", "build_bank_trainer", "run_tune_bank"]
@@ -183,10 +183,9 @@ def embed_bank(embedder: Any, bank: CaptionBank, cache: Path, model_id: str, bat
                         time.perf_counter() - start)
     embeddings = F.normalize(torch.cat(parts), dim=-1).contiguous()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    staging = cache.with_name(f".{cache.name}.tmp")
-    save_file({"embeddings": embeddings}, str(staging))
-    os.replace(staging, cache)
-    _write_json(meta_path, key)
+    with atomic_path(cache) as staging:
+        save_file({"embeddings": embeddings}, str(staging))
+    write_json_atomic(meta_path, key, indent=2)
     return embeddings
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from unime.choices import CACHE_DTYPES
-from unime.integrity import CorruptFileError, check_file, file_entry, write_json_atomic
+from unime.integrity import CorruptFileError, atomic_path, check_file, file_entry, write_json_atomic
 from unime.training.text_data import data_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -248,10 +247,8 @@ def _write_shards(folder: Path, spec: TeacherSpec, sentences: list[str], shard_s
             teacher = load_teacher(spec, trust_remote_code=settings["trust_remote_code"], device=settings["device"])
         embeddings = _embed(teacher, spec, rows, settings["batch_size"]).astype(dtype)
         dim = embeddings.shape[1]
-        temporary = folder / f".{name}.tmp"
-        with temporary.open("wb") as handle:
+        with atomic_path(folder / name) as temporary, temporary.open("wb") as handle:
             np.save(handle, embeddings, allow_pickle=False)
-        os.replace(temporary, folder / name)
         files[name] = file_entry(folder / name)
         write_json_atomic(folder / MANIFEST, {**wanted, "files": files, "complete": False})
         logger.info("teacher cache: shard %d/%d written (%d sentences)", index + 1, len(shards), len(rows))
