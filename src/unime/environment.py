@@ -6,13 +6,15 @@ modules. The rules are plain data (:data:`CONFLICTS`), each with the fix it reco
 tested set of versions is the lock file ``constraints.txt`` that ``scripts/setup.sh`` installs.
 
 It also holds the one rule that picks the compute precision from the device
-(:func:`compute_dtype`): bf16 where the hardware has native bf16 kernels, float32 elsewhere.
+(:func:`compute_dtype`): bf16 where the hardware has native bf16 kernels, float32 elsewhere, and
+the one reading of this process's rank and the number of processes (:func:`rank_and_world_size`).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import platform
 import sys
 from collections.abc import Callable
@@ -140,6 +142,24 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rank_and_world_size(environment: bool = True) -> tuple[int, int]:
+    """This process's rank and the number of processes: those of the initialised torch.distributed
+    process group; else (with ``environment``) the ``RANK`` and ``WORLD_SIZE`` variables that torchrun
+    and ``accelerate launch`` set, which are there before the group is created; else ``(0, 1)``.
+
+    Code about to run a collective passes ``environment=False``: without a group it works alone even
+    under torchrun, since it has no group to exchange with."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # torch built without distributed support, or not installed
+        dist = None
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if environment:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    return 0, 1
 
 
 def cpu_capability() -> str:

@@ -167,7 +167,9 @@ def _per_data(values: list[str] | None, count: int, option: str) -> list[str | N
 
 def _init_distributed() -> None:
     """Join the torchrun process group, if launched by torchrun and not joined yet."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    from unime.environment import rank_and_world_size
+
+    if rank_and_world_size()[1] <= 1:
         return
     import torch
     import torch.distributed as dist
@@ -191,11 +193,11 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _load_model(args: argparse.Namespace) -> Any:
     import unime
-    from unime.environment import resolve_dtype
+    from unime.environment import rank_and_world_size, resolve_dtype
 
     _init_distributed()
     device = args.device
-    if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if device is None and rank_and_world_size()[1] > 1:
         import torch
 
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"

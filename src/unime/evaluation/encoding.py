@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from unime.environment import rank_and_world_size
 from unime.evaluation.common import EvalInput, input_key
 from unime.integrity import CorruptFileError, atomic_path, check_file, file_entry, write_json_atomic
 
@@ -77,14 +78,10 @@ def _digest(item: EvalInput) -> bytes:
 
 
 def distributed_world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the initialised torch.distributed group, else ``(0, 1)``."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # torch built without distributed support
-        return 0, 1
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    """``(rank, world_size)`` of the initialised torch.distributed group, else ``(0, 1)``: the ranks
+    the encoding is shared with, so never the launcher's variables alone (there is no group to exchange
+    with before it is initialised)."""
+    return rank_and_world_size(environment=False)
 
 
 def is_main_process() -> bool:

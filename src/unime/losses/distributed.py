@@ -18,14 +18,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from unime.environment import rank_and_world_size
+
 
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return world_size() > 1
 
 
 def world_size() -> int:
     """The number of processes sharing the batch (1 when torch.distributed is not initialised)."""
-    return dist.get_world_size() if _distributed() else 1
+    return rank_and_world_size(environment=False)[1]
 
 
 def gather_with_grad(tensor: Tensor) -> tuple[Tensor, int]:
@@ -52,7 +54,7 @@ def gather_with_grad(tensor: Tensor) -> tuple[Tensor, int]:
         return tensor, 0
     from sentence_transformers.util import all_gather_with_grad
 
-    rank = dist.get_rank()
+    rank = rank_and_world_size(environment=False)[0]
     counts, padded = _pad_to_longest(tensor)
     longest = padded.shape[0]
     with warnings.catch_warnings():
@@ -84,7 +86,7 @@ def gather_rows(tensor: Tensor) -> Tensor:
 def _pad_to_longest(tensor: Tensor) -> tuple[list[int], Tensor]:
     """Every rank's row count, and ``tensor`` zero-padded to the longest (collectives need equal shapes)."""
     count = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
-    counts_list = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    counts_list = [torch.zeros_like(count) for _ in range(world_size())]
     dist.all_gather(counts_list, count)
     counts = [int(c.item()) for c in counts_list]
     longest = max(counts)

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from unime.environment import rank_and_world_size
 from unime.training.adapters import has_adapter, is_quantized, merge_adapter
 from unime.training.recipes import RECIPE_FILE, TrainRecipe
 
@@ -36,7 +37,7 @@ def save_final(model: Any, output_dir: str | Path, stage_name: str, recipe: Trai
     config = model[0].unime_config
     if config.stages[-1:] != [stage_name]:
         config.stages.append(stage_name)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if rank_and_world_size()[0] != 0:
         return output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     for stale in output_dir.parent.glob(f".{output_dir.name}.*"):

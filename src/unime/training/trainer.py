@@ -27,7 +27,7 @@ import torch
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from unime.environment import resolve_bf16
+from unime.environment import rank_and_world_size, resolve_bf16
 from unime.integrity import CorruptFileError, check_file, file_entry, write_json_atomic
 from unime.training.adapters import has_adapter
 from unime.training.recipes import TrainRecipe
@@ -253,7 +253,7 @@ def resume_checkpoint(recipe: TrainRecipe) -> str | None:
 def training_settings(recipe: TrainRecipe, **extra: Any) -> dict[str, Any]:
     """The ``TrainingArguments`` keywords of this recipe, for any trainer (the batch split evenly over
     the processes); ``extra`` adds or replaces keywords."""
-    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    ranks = rank_and_world_size()[1]  # before the trainer creates the group: the launcher's WORLD_SIZE
     if recipe.batch_size % ranks:
         raise ValueError(f"batch_size {recipe.batch_size} does not split over {ranks} processes")
     # bf16 auto: autocast where the training device has native bf16 kernels (unime.environment.compute_dtype).

@@ -56,10 +56,6 @@ def resolve_deepspeed(value: str) -> str:
     raise FileNotFoundError(f"deepspeed config not found: {value} (packaged: {known})")
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def prepare_model(model: Any, recipe: TuneRecipe) -> None:
     """Joint mode (one sequence per input, as MMEB) and the training image size, saved with the
     model; the rows are fed in the recipe's ``input_format`` with images resized to ``image_size``.
@@ -103,10 +99,13 @@ def build_loss(model: Any, recipe: TuneRecipe) -> Any:
 def build_trainer(model: Any, data: Any, recipe: TuneRecipe, callbacks: list[Any] | None = None) -> Any:
     """The trainer of a stage-2 run: per-data-set batches (all ranks on one data set per step), the
     row-naming collator and the hard-negative loss."""
+    from unime.environment import rank_and_world_size
     from unime.training.mmeb_data import MMEBTrainCollator, batch_sampler_factory
     from unime.training.trainer import UniMETrainer, training_arguments
 
-    sampler = batch_sampler_factory(list(data.datasets), recipe.dataset_weights, recipe.sampling, world_size())
+    # Before the trainer creates the process group, the launcher's WORLD_SIZE says how many ranks share it.
+    ranks = rank_and_world_size()[1]
+    sampler = batch_sampler_factory(list(data.datasets), recipe.dataset_weights, recipe.sampling, ranks)
     extra: dict[str, Any] = {"multi_dataset_batch_sampler": sampler}
     if recipe.deepspeed:
         extra["deepspeed"] = resolve_deepspeed(recipe.deepspeed)
