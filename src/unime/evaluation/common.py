@@ -21,9 +21,6 @@ import numpy as np
 #: One input of the model contract as the evaluators build it (images always as paths).
 EvalInput = str | dict[str, str]
 
-#: The placeholder MMEB puts in a text that goes with an image; the model maps it to its image token.
-IMAGE_PLACEHOLDER = "<|image_1|>"
-
 
 def make_input(text: str | None, image: str | None) -> EvalInput:
     """Build a model input from an optional text and an optional resolved image path.

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from unime.config import MMEB_IMAGE_PLACEHOLDER
 from unime.evaluation.common import (
-    IMAGE_PLACEHOLDER,
     EvalInput,
     input_key,
     make_input,
@@ -256,8 +256,8 @@ class _RowReader:
                 raise ValueError(f"MMEB {self.name}: {where}: {column} must be a string, got {type(value).__name__}")
         text = "" if text is None else text
         image = "" if image is None else image
-        if IMAGE_PLACEHOLDER in text and not image:
-            raise ValueError(f"MMEB {self.name}: {where}: text has {IMAGE_PLACEHOLDER} but {field} is empty")
+        if MMEB_IMAGE_PLACEHOLDER in text and not image:
+            raise ValueError(f"MMEB {self.name}: {where}: text has {MMEB_IMAGE_PLACEHOLDER} but {field} is empty")
         if not text and not image:
             raise ValueError(f"MMEB {self.name}: {where}: both the text and {field} are empty")
         path = None
