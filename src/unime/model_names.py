@@ -203,8 +203,8 @@ def _check_hub_id(name: str, where: str, kind: str) -> None:
 
 def check_teacher_name(name: str, option: str = "--teacher") -> None:
     """:func:`check_model_name` for a stage-1 teacher given as a folder or hub id; the presets
-    (``minilm``, ``nv-embed-v2``) are left to :func:`unime.training.teacher_cache.resolve_teacher`."""
-    from unime.training.teacher_cache import resolve_teacher
+    (``minilm``, ``nv-embed-v2``) are left to :func:`unime.teachers.resolve_teacher`."""
+    from unime.teachers import resolve_teacher
 
     if resolve_teacher(name).model in (name, str(Path(name).resolve())):
         check_model_name(name, option=option, kind=SENTENCE_TRANSFORMER)

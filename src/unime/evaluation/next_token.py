@@ -23,8 +23,8 @@ TopK = list[tuple[str, float]]
 def next_token_topk(model: str | Path, images: Sequence[str], *, k: int = 8, batch_size: int = 4,
                     image_size: int | None = None) -> list[TopK]:
     """For each image, the ``k`` most likely next tokens after the model's image prompt, with probabilities."""
+    from unime.captioner import left_padded, load_captioner
     from unime.inputs import load_image
-    from unime.training.captioning import left_padded, load_captioner
 
     captioner = load_captioner(model)
     config, tokenizer = captioner.embedder.unime_config, captioner.tokenizer

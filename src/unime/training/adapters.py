@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from unime.choices import SCOPES, TUNING_METHODS
+from unime.model_state import has_adapter as has_adapter
 from unime.training.recipes import check_choice as _check_choice
 
 logger = logging.getLogger(__name__)
@@ -85,11 +86,6 @@ def load_for_tuning(
                              "(save it with merge: true), adapters cannot be merged into 4-bit weights")
         merge_adapter(model)
     return model
-
-
-def has_adapter(model: Any) -> bool:
-    """Whether the model's backbone carries a (peft) adapter."""
-    return bool(getattr(model[0].model, "_hf_peft_config_loaded", False))
 
 
 def is_quantized(model: Any) -> bool:
