@@ -9,19 +9,18 @@ import json
 import shutil
 from pathlib import Path
 
+import accelerate  # noqa: F401  (the Trainer needs it: a missing install step fails here, not deep in a run)
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("accelerate")
-
-import unime  # noqa: E402
-from unime.cli import main  # noqa: E402
-from unime.config import UniMEConfig  # noqa: E402
-from unime.training.align import PROJECTOR_FILE, PROJECTOR_INFO, TRAINING_LOG, run_align  # noqa: E402
-from unime.training.caption_data import read_caption_data  # noqa: E402
-from unime.training.captioning import (  # noqa: E402
+import unime
+from unime.cli import main
+from unime.config import UniMEConfig
+from unime.training.align import PROJECTOR_FILE, PROJECTOR_INFO, TRAINING_LOG, run_align
+from unime.training.caption_data import read_caption_data
+from unime.training.captioning import (
     IGNORE_INDEX,
     PROJECTOR,
     CaptionCollator,
@@ -29,7 +28,7 @@ from unime.training.captioning import (  # noqa: E402
     generate_captions,
     load_captioner,
 )
-from unime.training.recipes import AlignRecipe  # noqa: E402
+from unime.training.recipes import AlignRecipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

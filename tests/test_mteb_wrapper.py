@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import unime
 from unime.evaluation.mteb_wrapper import MTEBEncoder
-
-mteb = pytest.importorskip("mteb")
 
 
 def test_a_tiny_unime_model_is_an_mteb_encoder_that_declares_images(tiny_model_factory, images):

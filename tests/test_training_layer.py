@@ -5,27 +5,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import accelerate  # noqa: F401  (the Trainer needs it: a missing install step fails here, not deep in a run)
 import pytest
 import torch
+from datasets import Dataset
+from transformers import TrainerCallback
 
-pytest.importorskip("datasets")
-pytest.importorskip("accelerate")
-
-from datasets import Dataset  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
-
-import unime  # noqa: E402
-from unime.losses import SimilarityKLLoss  # noqa: E402
-from unime.training.adapters import (  # noqa: E402
+import unime
+from unime.losses import SimilarityKLLoss
+from unime.training.adapters import (
     apply_tuning,
     has_adapter,
     load_for_tuning,
     merge_adapter,
     vision_modules,
 )
-from unime.training.recipes import RECIPE_FILE, TrainRecipe  # noqa: E402
-from unime.training.saving import save_final  # noqa: E402
-from unime.training.trainer import UniMETrainer, last_checkpoint, seed_everything, training_arguments  # noqa: E402
+from unime.training.recipes import RECIPE_FILE, TrainRecipe
+from unime.training.saving import save_final
+from unime.training.trainer import UniMETrainer, last_checkpoint, seed_everything, training_arguments
 
 SENTENCES = [f"sentence {i}: a {c} cat sits on the {p}" for i, (c, p) in
              enumerate((c, p) for c in ("red", "black", "white", "grey") for p in ("mat", "roof", "sofa", "car"))]
@@ -105,7 +102,6 @@ def test_a_hand_written_regex_reaching_the_vision_tower_is_refused_in_llm_scope(
 
 
 def test_qlora_quantises_the_llm_and_adapts_it(tiny_model_factory):
-    pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb
 
     model = load_for_tuning(str(tiny_model_factory("llava")), method="qlora")
@@ -242,7 +238,8 @@ def test_the_batch_is_split_evenly_over_processes(monkeypatch, tmp_path):
 
 
 def test_a_qlora_run_saves_merged_full_precision_weights(tiny_model_factory, tmp_path):
-    pytest.importorskip("bitsandbytes")
+    import bitsandbytes  # noqa: F401  (the qlora extra: a missing install step fails here)
+
     model_path = tiny_model_factory("llava")
     model, _, recipe = _train(model_path, tmp_path / "out", tuning="qlora")
     save_final(model, recipe.output_dir, "distill", recipe)

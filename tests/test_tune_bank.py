@@ -9,20 +9,19 @@ import json
 import math
 from pathlib import Path
 
+import accelerate  # noqa: F401  (the Trainer needs it: a missing install step fails here, not deep in a run)
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("accelerate")
-
-import unime  # noqa: E402
-from unime.cli import main  # noqa: E402
-from unime.losses.hard_negative import hard_negative_infonce  # noqa: E402
-from unime.training.align import PROJECTOR_FILE, TRAINING_LOG  # noqa: E402
-from unime.training.bank import BANK_DIR, SUMMARY_FILE, CaptionBank, bank_losses, run_tune_bank  # noqa: E402
-from unime.training.caption_data import CaptionRow  # noqa: E402
-from unime.training.recipes import BankTuneRecipe  # noqa: E402
+import unime
+from unime.cli import main
+from unime.losses.hard_negative import hard_negative_infonce
+from unime.training.align import PROJECTOR_FILE, TRAINING_LOG
+from unime.training.bank import BANK_DIR, SUMMARY_FILE, CaptionBank, bank_losses, run_tune_bank
+from unime.training.caption_data import CaptionRow
+from unime.training.recipes import BankTuneRecipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
