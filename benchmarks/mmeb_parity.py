@@ -22,7 +22,10 @@ on a CPU; see docs/evaluation.md, "Parity with VLM2Vec v1"), then::
     python benchmarks/mmeb_parity.py --peer PEER_DIR --model PEER_DIR/tiny --family qwen2_vl \
         --out runs/parity --dtype bfloat16
 
-``PEER_DIR`` holds ``venv/`` and ``vlm2vec/`` (the patched code). With ``--dtype float32`` a copy
+``PEER_DIR`` holds ``venv/`` and ``vlm2vec/`` (the patched code); ``--peer-venv`` and
+``--peer-code`` name other folders in it, e.g. a venv pinned to transformers 4.45.2 with the
+unpatched code (sdpa only) for LLaVA-NeXT, whose model folder ``--transformers445-layout`` copies
+into the file layout 4.45 reads. With ``--dtype float32`` a copy
 of the peer code that loads its model in float32 is made beside it (``vlm2vec-fp32/``): the maths
 compared without bf16 rounding. ``--record-inputs FILE`` writes the token ids and pixel shapes the
 peer feeds its model for a few fixture rows (tests/data/vlm2vec_peer_inputs.json comes from it).
@@ -155,6 +158,35 @@ def float32_peer(code: Path) -> Path:
     return copy
 
 
+def transformers445_folder(model: Path, out: Path) -> Path:
+    """A copy of a LLaVA-NeXT folder saved by transformers 5 in the layout transformers 4.45 reads:
+    the image processor's settings in ``preprocessor_config.json`` (5 nests them in
+    ``processor_config.json``), the tokenizer class named ``PreTrainedTokenizerFast``, and the vision
+    tower's weights under ``vision_tower.vision_model.*`` (without that rename 4.45 keeps a random
+    vision tower and says nothing). The processor config keeps ``patch_size``, so 4.45 expands
+    ``<image>`` to one token per feature, as llava-hf folders do since 4.45."""
+    from safetensors.torch import load_file, save_file
+
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(model, out)
+    processor = json.loads((out / "processor_config.json").read_text())
+    image_processor = processor.pop("image_processor")
+    (out / "preprocessor_config.json").write_text(json.dumps(image_processor, indent=1))
+    (out / "processor_config.json").write_text(json.dumps(processor, indent=1))
+    tokenizer = json.loads((out / "tokenizer_config.json").read_text())
+    tokenizer["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=1))
+    weights = load_file(str(out / "model.safetensors"))
+    renamed = {
+        ("vision_tower.vision_model." + key[len("vision_tower."):]
+         if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model.") else key): value
+        for key, value in weights.items()
+    }
+    save_file(renamed, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
 def peer_env(fixture: Path) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_CACHE=str(fixture / "peer-datasets"))
@@ -162,11 +194,11 @@ def peer_env(fixture: Path) -> dict[str, str]:
     return env
 
 
-def run_peer(peer: Path, code: Path, model: str, family: str, fixture: Path, sets: list[str], batch: int,
+def run_peer(python: Path, code: Path, model: str, family: str, fixture: Path, sets: list[str], batch: int,
              out: Path) -> float:
     if out.exists():
         shutil.rmtree(out)
-    command = [str(peer / "venv" / "bin" / "python"), "eval.py", "--model_name", model, "--model_backbone",
+    command = [str(python), "eval.py", "--model_name", model, "--model_backbone",
                BACKBONE[family], "--pooling", "last", "--normalize", "True", "--dataset_name", str(fixture / "mmeb"),
                "--subset_name", *sets, "--dataset_split", "test", "--per_device_eval_batch_size", str(batch),
                "--image_dir", str(fixture / "images"), "--encode_output_path", str(out), "--output_dir", str(out)]
@@ -212,11 +244,11 @@ for side in ("qry", "tgt"):
 """
 
 
-def peer_scores(peer: Path, encodings: Path, fixture: Path, name: str) -> np.ndarray:
+def peer_scores(python: Path, encodings: Path, fixture: Path, name: str) -> np.ndarray:
     """The peer's candidate scores of every row, from its encodings (cosine, as its get_pred)."""
     import pandas as pd
 
-    done = subprocess.run([str(peer / "venv" / "bin" / "python"), "-c", EXPORT, str(encodings), name],
+    done = subprocess.run([str(python), "-c", EXPORT, str(encodings), name],
                           env=peer_env(fixture), capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"reading the peer's encodings failed:\n{done.stderr[-3000:]}")
@@ -234,10 +266,10 @@ def peer_scores(peer: Path, encodings: Path, fixture: Path, name: str) -> np.nda
     ])
 
 
-def compare(peer: Path, peer_dir: Path, unime_dir: Path, fixture: Path, sets: list[str]) -> list[dict]:
+def compare(python: Path, peer_dir: Path, unime_dir: Path, fixture: Path, sets: list[str]) -> list[dict]:
     results = []
     for name in sets:
-        theirs = peer_scores(peer, peer_dir, fixture, name)
+        theirs = peer_scores(python, peer_dir, fixture, name)
         ours = np.load(unime_dir / "scores" / f"{name}.npy").astype(np.float64)
         if ours.shape != theirs.shape:
             raise SystemExit(f"{name}: unime scores {ours.shape} but the peer's {theirs.shape}")
@@ -286,7 +318,7 @@ json.dump({"family": family, "records": records}, open(out, "w"), indent=1)
 """
 
 
-def record_inputs(peer: Path, code: Path, model: str, family: str, fixture: Path, target: Path) -> None:
+def record_inputs(python: Path, code: Path, model: str, family: str, fixture: Path, target: Path) -> None:
     """The token ids and pixel shapes the peer's collator makes for a few rows of the fixture."""
     import pandas as pd
 
@@ -304,7 +336,7 @@ def record_inputs(peer: Path, code: Path, model: str, family: str, fixture: Path
     spec.write_text(json.dumps(rows))
     script = target.with_suffix(".record.py")
     script.write_text(RECORD)
-    done = subprocess.run([str(peer / "venv" / "bin" / "python"), str(script), family, model, str(spec), str(target)],
+    done = subprocess.run([str(python), str(script), family, model, str(spec), str(target)],
                           cwd=code, env=peer_env(fixture), capture_output=True, text=True)
     spec.unlink()
     script.unlink()
@@ -317,6 +349,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peer", required=True, type=Path, help="folder with venv/ and vlm2vec/ (the patched v1 code)")
     parser.add_argument("--model", required=True, help="the model folder both programs load")
+    parser.add_argument("--peer-venv", default="venv", help="the peer's virtualenv, a folder in --peer")
+    parser.add_argument("--peer-code", default="vlm2vec", help="the peer's code, a folder in --peer")
+    parser.add_argument("--transformers445-layout", action="store_true",
+                        help="LLaVA-NeXT: give the peer a copy of --model in transformers 4.45's file layout "
+                        "(for a peer venv pinned to the transformers VLM2Vec v1 was released with)")
     parser.add_argument("--family", default="qwen2_vl", choices=sorted(BACKBONE))
     parser.add_argument("--out", required=True, type=Path, help="working folder: fixture, encodings, scores, report")
     parser.add_argument("--photos", type=Path, default=PHOTOS, help="folder with dev.csv/train.csv and images/")
@@ -330,19 +367,23 @@ def main() -> None:
 
     fixture = args.out / "fixture"
     sets = build_fixture(args.photos, fixture, args.sets, args.queries)
-    code = args.peer / "vlm2vec"
+    python = args.peer / args.peer_venv / "bin" / "python"
+    code = args.peer / args.peer_code
+    peer_model = args.model
+    if args.transformers445_layout:
+        peer_model = str(transformers445_folder(Path(args.model), args.out / "model-445"))
     if args.dtype == "float32":
         code = float32_peer(code)
     if args.record_inputs:
-        record_inputs(args.peer, code, args.model, args.family, fixture, args.record_inputs)
+        record_inputs(python, code, peer_model, args.family, fixture, args.record_inputs)
         return
     peer_walls, unime_walls = [], []
     for run in range(args.runs):
-        peer_walls.append(run_peer(args.peer, code, args.model, args.family, fixture, sets, args.batch_size,
+        peer_walls.append(run_peer(python, code, peer_model, args.family, fixture, sets, args.batch_size,
                                    args.out / "peer"))
         unime_walls.append(run_unime(args.model, fixture, sets, args.batch_size, args.dtype, args.out / "unime"))
         print(f"run {run + 1}/{args.runs}: VLM2Vec {peer_walls[-1]:.1f} s, unime {unime_walls[-1]:.1f} s", flush=True)
-    results = compare(args.peer, args.out / "peer", args.out / "unime", fixture, sets)
+    results = compare(python, args.out / "peer", args.out / "unime", fixture, sets)
     peer_wall, unime_wall = statistics.median(peer_walls), statistics.median(unime_walls)
     print(f"\n{args.family}, {args.dtype}, batch {args.batch_size}, {args.queries} rows a set")
     print("| set | queries x candidates | max abs score diff | argmax agreement | P@1 VLM2Vec | P@1 unime |")
