@@ -107,7 +107,7 @@ def test_greedy_captions_of_flickr8k_dev_photos_name_what_is_in_them(default_dir
         assert word in caption.lower(), captions
 
 
-@pytest.mark.slow  # encodes 600 items: about 3 minutes on 2 cores, 5 when they are busy
+@pytest.mark.slow  # encodes 600 items: about 1 minute on 2 free cores, 5 when they are busy
 @pytest.mark.timeout(900)
 def test_the_seeing_default_ranks_flickr8k_dev_captions_above_chance_zero_shot(default_dir):
     from unime.evaluation.common import read_records
