@@ -52,7 +52,7 @@ class TimedImageCollator:
 
 def write_captions(folder: Path, images: int) -> tuple[Path, Path]:
     """The first ``images`` photos of the shipped subset's train split with all their captions, as a CSV."""
-    from unime.demo_photos import find_photos
+    from unime.data.photos import find_photos
 
     photos = find_photos(None)
     rows = list(csv.DictReader((photos / "train.csv").open(encoding="utf-8")))
@@ -131,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from unime.default_model import DEFAULT_IMAGE_SIZE, build_default
+    from unime.models.default import DEFAULT_IMAGE_SIZE, build_default
 
     result: dict[str, Any] = {"cpu": sf.cpu_info(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="bank-step-") as folder:

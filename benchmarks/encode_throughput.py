@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import unime
-from unime.tiny import make_tiny
+from unime.models.tiny import make_tiny
 
 
 def _time(fn, repeats: int) -> float:

@@ -100,7 +100,7 @@ def main() -> None:
         root = Path(tmp)
         model_path = args.model
         if model_path is None:
-            from unime.tiny import make_tiny
+            from unime.models.tiny import make_tiny
 
             model_path = str(make_tiny("qwen2_vl", root / "tiny"))
         model = unime.load(model_path)

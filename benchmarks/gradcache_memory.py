@@ -169,7 +169,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model
         if model_dir is None:
-            from unime.tiny import make_tiny
+            from unime.models.tiny import make_tiny
 
             model_dir = str(make_tiny("qwen2_vl", Path(scratch) / "tiny", image_size=args.image_size))
         results: dict[tuple[int, int], dict[str, float] | None] = {}

@@ -163,7 +163,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
-            from unime.tiny import make_tiny
+            from unime.models.tiny import make_tiny
 
             args.model = str(make_tiny(args.family, tmp))
             label = f"tiny random {args.family}"

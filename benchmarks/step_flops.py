@@ -145,8 +145,8 @@ def llm_linear_params(model: Any) -> int:
 def write_pairs(folder: Path, rows: int, photos: Path | None = None) -> tuple[Path, Path]:
     """Flickr8k image-to-caption pairs in the MMEB-train layout (one caption per image), as
     ``unime demo`` writes them; returns (data folder, image folder)."""
-    from unime.captions import read_caption_pairs, write_train_pairs
-    from unime.demo_photos import find_photos
+    from unime.data.captions import read_caption_pairs, write_train_pairs
+    from unime.data.photos import find_photos
 
     photos = find_photos(photos)
     images = photos / "images"
@@ -205,7 +205,7 @@ def set_tower_input(model: Any, image_size: int) -> None:
     """Feed the MobileNetV2 tower ``image_size`` pixels: the image processor ``unime build-default
     --image-size N`` writes (the weights do not depend on N; the processor expands the image token
     into (N / 32)^2 tokens from the pixel size, and neither FastVLM nor MobileNetV2 reads N)."""
-    from unime.default_model import TOWER_STRIDE, check_image_size, imagenet_image_processor
+    from unime.models.default import TOWER_STRIDE, check_image_size, imagenet_image_processor
 
     if model[0].backbone.family != "fast_vlm":
         raise ValueError(f"--image-sizes: only a fast_vlm model's tower input can be resized here, not "
@@ -588,7 +588,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, callbacks: list[Any] | None = None) -> dict[str, Any]:
-    from unime.default_model import build_default
+    from unime.models.default import build_default
 
     result: dict[str, Any] = {"cpu": cpu_info(), "torch": torch.__version__, "args": {
         k: v for k, v in vars(args).items() if k != "output"}, "rows": []}

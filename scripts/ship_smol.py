@@ -26,8 +26,8 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from unime.default_model import SMOL_INFO, SMOL_LORA, SMOL_PROJECTOR  # noqa: E402
-from unime.integrity import file_entry, sha256_file, write_json_atomic  # noqa: E402
+from unime.io.integrity import file_entry, sha256_file, write_json_atomic  # noqa: E402
+from unime.models.default import SMOL_INFO, SMOL_LORA, SMOL_PROJECTOR  # noqa: E402
 
 
 def _info() -> dict:

@@ -20,7 +20,7 @@ TEST_DATA = Path(__file__).resolve().parent / "data"
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory):
     """``tiny_model_factory(family) -> Path``: a tiny random model folder, built once per family."""
-    from unime.tiny import make_tiny
+    from unime.models.tiny import make_tiny
 
     built: dict[str, Path] = {}
 

@@ -8,8 +8,8 @@ import json
 import pytest
 from eval_fixtures import ConceptModel, RandomModel, write_image
 
-from unime.captions import I2T_QUERY, IMAGE_TARGET, T2I_QUERY, read_caption_pairs
 from unime.cli import main
+from unime.data.captions import I2T_QUERY, IMAGE_TARGET, T2I_QUERY, read_caption_pairs
 from unime.evaluation.mmeb import evaluate_mmeb, load_mmeb
 from unime.training.mmeb_data import load_mmeb_train
 
@@ -72,6 +72,6 @@ def test_bad_caption_rows_are_named_by_file_and_line(caption_file, tmp_path):
     with pytest.raises(ValueError, match=r"bad.csv: line 2: missing field\(s\) \['image', 'caption'\]"):
         read_caption_pairs(bad, images)
     with pytest.raises(ValueError, match="--candidates must be between 2 and the number of images"):
-        from unime.captions import write_eval_sets
+        from unime.data.captions import write_eval_sets
 
         write_eval_sets(read_caption_pairs(path, images), tmp_path / "e", "X", candidates=7)

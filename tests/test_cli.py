@@ -198,7 +198,7 @@ def test_a_conflict_fails_env_and_the_training_stages_before_loading_anything(mo
 
 
 def test_demo_offers_the_library_presets_and_defaults_to_the_seeing_model():
-    from unime.demo import DEFAULT_PRESET, PRESETS
+    from unime.demo.run import DEFAULT_PRESET, PRESETS
 
     action = next(a for a in _subcommands()["demo"]._actions if "--preset" in a.option_strings)
     assert set(action.choices) == set(PRESETS)

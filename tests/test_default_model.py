@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import unime
-from unime import default_model
-from unime.default_model import (
+from unime.models import default as default_model
+from unime.models.default import (
     DEFAULT_IMAGE_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -178,7 +178,7 @@ def test_a_projector_file_loads_and_a_misfit_names_the_file_and_the_tensor(tmp_p
 def test_projector_choice_shipped_file_else_random_with_a_warning(tmp_path, monkeypatch, caplog):
     shipped = tmp_path / "projector-smol.safetensors"
     monkeypatch.setattr(default_model, "SHIPPED_PROJECTOR", shipped)
-    with caplog.at_level(logging.WARNING, logger="unime.default_model"):
+    with caplog.at_level(logging.WARNING, logger="unime.models.default"):
         assert default_model._projector_source(None) is None
     assert "projector is random" in caplog.text
     shipped.write_bytes(b"")
@@ -213,7 +213,7 @@ def test_a_shipped_weights_file_that_fails_its_hash_is_named(tmp_path, monkeypat
     import shutil
 
     from unime.cli import main
-    from unime.integrity import CorruptFileError
+    from unime.io.integrity import CorruptFileError
 
     lora, info = tmp_path / default_model.SMOL_LORA.name, tmp_path / default_model.SMOL_INFO.name
     shutil.copyfile(default_model.SMOL_LORA, lora)
@@ -239,7 +239,7 @@ def test_a_shipped_weights_file_that_fails_its_hash_is_named(tmp_path, monkeypat
 def test_merging_the_lora_file_adds_alpha_over_r_times_b_a_to_each_target(tiny_model_factory, tmp_path):
     from safetensors.torch import save_file
 
-    from unime.default_model import merge_lora
+    from unime.models.default import merge_lora
 
     model = unime.load(str(tiny_model_factory("fast_vlm")))
     core = model[0].model
@@ -296,7 +296,7 @@ def test_unime_smol_is_the_base_plus_the_shipped_lora_and_projector(smol_dir, de
 def test_unime_smol_ships_with_hashes_commands_and_curves():
     import json
 
-    from unime.integrity import check_file
+    from unime.io.integrity import check_file
 
     info = json.loads(default_model.SMOL_INFO.read_text())
     for path in (default_model.SMOL_LORA, default_model.SMOL_PROJECTOR):

@@ -10,7 +10,7 @@ import pytest
 
 import unime
 from unime.cli import main
-from unime.demo_report import demo_markdown
+from unime.demo.report import demo_markdown
 from unime.evaluation.bootstrap import bootstrap_interval
 from unime.evaluation.retrieval import recall_from_ranks
 

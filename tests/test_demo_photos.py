@@ -1,4 +1,4 @@
-"""The demo's real-photo sets (unime.demo_photos): found, written, and read back by the readers that
+"""The demo's real-photo sets (unime.data.photos): found, written, and read back by the readers that
 stage 2, the MMEB evaluator and the retrieval evaluator use, with dev never in training."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import pytest
 from eval_fixtures import ConceptModel, write_image
 
 import unime
-from unime import demo_photos
-from unime.demo import PRESETS
-from unime.demo_photos import (
+from unime.data import photos as demo_photos
+from unime.data.photos import (
     RETRIEVAL_FILE,
     SHIPPED_PHOTOS,
     PhotoSizes,
@@ -21,6 +20,7 @@ from unime.demo_photos import (
     photo_examples,
     prepare_photos,
 )
+from unime.demo.run import PRESETS
 from unime.evaluation.mmeb import evaluate_mmeb, load_mmeb
 from unime.evaluation.retrieval import evaluate_retrieval, load_retrieval
 from unime.training.mmeb_data import load_mmeb_train
@@ -131,7 +131,7 @@ def test_prepared_sets_read_back_and_dev_is_never_trained_on(flickr, tmp_path):
 
 
 def test_the_seeing_preset_scores_exactly_its_real_image_mmeb_sets(tmp_path):
-    from unime.demo import _evaluate
+    from unime.demo.run import _evaluate
     from unime.synth import SynthConfig, generate
 
     preset = PRESETS["seeing"]

@@ -11,7 +11,7 @@ import pytest
 from tqdm.auto import tqdm
 from transformers.utils import logging as transformers_logging
 
-from unime.demo_progress import DemoConsole
+from unime.demo.progress import DemoConsole
 
 
 def test_steps_are_single_lines_and_the_libraries_write_to_the_log(tmp_path, capfd):

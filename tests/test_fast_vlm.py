@@ -13,8 +13,8 @@ import torch
 
 import unime
 from unime.backbones import get_backbone
-from unime.default_model import SMOL_IMAGE_PROMPT, SMOL_JOINT_PROMPT, SMOL_TEXT_PROMPT
-from unime.tiny import make_tiny
+from unime.models.default import SMOL_IMAGE_PROMPT, SMOL_JOINT_PROMPT, SMOL_TEXT_PROMPT
+from unime.models.tiny import make_tiny
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 

@@ -137,7 +137,7 @@ ALLOWED_ERRORS: set[type] = {ValueError, FileNotFoundError}
 
 
 def _project_errors() -> set[type]:
-    from unime.images import ImageDecodeError
+    from unime.io.images import ImageDecodeError
     from unime.training.caption_data import BadCaptionRow
     from unime.training.mmeb_data import BadRow
 
@@ -445,7 +445,7 @@ def caption_tables(draw):
 @given(generated=caption_tables(), target=st.sampled_from(["retrieval_table", "data_captions", "align_captions"]),
        skip=st.booleans(), data=st.data())
 def test_caption_tables(image_root, generated, target, skip, data):
-    from unime.captions import read_caption_pairs
+    from unime.data.captions import read_caption_pairs
     from unime.evaluation.retrieval import load_retrieval
     from unime.training.caption_data import read_caption_data
 

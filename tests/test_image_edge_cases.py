@@ -2,8 +2,8 @@
 images: ``model.encode`` / ``unime encode``, stage-2 training rows, MMEB evaluation and the server.
 
 Each case below is a file on disk; ``expected`` is either the RGB pixels every path must produce
-(``unime.images.decode_rgb``, checked against hand-made truths: EXIF orientation turned, first
-GIF frame, 16-bit scaled, alpha dropped) or the ``kind`` of :class:`unime.images.ImageDecodeError`
+(``unime.io.images.decode_rgb``, checked against hand-made truths: EXIF orientation turned, first
+GIF frame, 16-bit scaled, alpha dropped) or the ``kind`` of :class:`unime.io.images.ImageDecodeError`
 every path must refuse it with.
 """
 
@@ -22,8 +22,8 @@ from PIL import Image
 
 import unime
 from unime.cli import main
-from unime.images import CORRUPT, TOO_MANY_PIXELS, UNREADABLE, ImageDecodeError, decode_rgb, header_problem
 from unime.inputs import load_image
+from unime.io.images import CORRUPT, TOO_MANY_PIXELS, UNREADABLE, ImageDecodeError, decode_rgb, header_problem
 from unime.serve.errors import APIError
 from unime.serve.images import load_request_image
 

@@ -1,4 +1,4 @@
-"""unime.integrity's atomic writers: a write that fails midway leaves the target as it was and no
+"""unime.io.integrity's atomic writers: a write that fails midway leaves the target as it was and no
 temporary file behind; one that succeeds reads back exactly what was written."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from unime.integrity import atomic_path, write_json_atomic, write_text_atomic
+from unime.io.integrity import atomic_path, write_json_atomic, write_text_atomic
 
 
 class _Failure(RuntimeError):

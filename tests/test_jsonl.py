@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unime.jsonl import iter_jsonl
+from unime.io.jsonl import iter_jsonl
 
 
 def test_lines_are_numbered_from_one_and_blank_lines_skipped():
@@ -26,7 +26,7 @@ def test_a_field_above_the_csv_size_limit_is_named_at_its_own_line(tmp_path):
     # csv's line_num lags one line behind on this error; every CSV/TSV reader names the right line.
     import pytest
 
-    from unime.evaluation.common import read_records
+    from unime.data.records import read_records
     from unime.evaluation.sts import load_sts
     from unime.training.caption_data import read_caption_data
     from unime.training.text_data import read_sentences

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoProcessor
 
 import unime
 from unime.backbones import families, get_backbone
-from unime.tiny import TINY_FAMILIES
+from unime.models.tiny import TINY_FAMILIES
 
 OFFICIAL = {
     "phi3_v": (

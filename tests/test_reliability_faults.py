@@ -23,7 +23,7 @@ import pytest
 
 from unime.evaluation.encoding import CachedEncoder
 from unime.evaluation.runner import _cached_score
-from unime.integrity import CorruptFileError
+from unime.io.integrity import CorruptFileError
 from unime.training import teacher_cache
 from unime.training.teacher_cache import TeacherCache, build_cache
 from unime.training.trainer import (

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 import unime
-from unime.default_model import SHIPPED_PROJECTOR
-from unime.demo_photos import SHIPPED_PHOTOS
+from unime.data.photos import SHIPPED_PHOTOS
+from unime.models.default import SHIPPED_PROJECTOR
 
 # Measured with the shipped projector (2026-12-01): captioning loss 2.85 vs 3.90 with a random one
 # on the photos below; Flickr8k dev, first 100 images, zero-shot i2t R@5 13.0 (chance 5.0) on the full
@@ -110,7 +110,7 @@ def test_greedy_captions_of_flickr8k_dev_photos_name_what_is_in_them(default_dir
 @pytest.mark.slow  # encodes 600 items: about 1 minute on 2 free cores, 5 when they are busy
 @pytest.mark.timeout(900)
 def test_the_seeing_default_ranks_flickr8k_dev_captions_above_chance_zero_shot(default_dir):
-    from unime.evaluation.common import read_records
+    from unime.data.records import read_records
     from unime.evaluation.retrieval import RetrievalDataset, evaluate_retrieval
 
     pairs = [(str(FLICKR_DEV / "images" / row["image"]), row["caption"])
@@ -130,7 +130,7 @@ SMOL_BARS = {"i2t_R@1": 30.0, "t2i_R@1": 25.0}
 
 
 def test_unime_smol_retrieves_dev_photos_and_captions_far_above_chance(smol_dir):
-    from unime.evaluation.common import read_records
+    from unime.data.records import read_records
     from unime.evaluation.retrieval import RetrievalDataset, evaluate_retrieval
 
     pairs = [(str(FLICKR_DEV / "images" / row["image"]), row["caption"])

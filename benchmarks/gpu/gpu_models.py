@@ -1,7 +1,7 @@
 """The paper's backbones at their real sizes (or tiny, for ``--smoke``), with random weights.
 
-Each is built offline from transformers' config classes, as ``unime.tiny`` builds its tiny models,
-with a byte-level BPE tokenizer trained on the spot (``unime.tiny.build_tokenizer``) and the family's
+Each is built offline from transformers' config classes, as ``unime.models.tiny`` builds its tiny models,
+with a byte-level BPE tokenizer trained on the spot (``unime.models.tiny.build_tokenizer``) and the family's
 real processor; the embedding matrix has the real vocabulary size, so the weights, the memory and
 the arithmetic are those of the released checkpoints. The folder written is a plain transformers
 model folder that ``unime.load`` wraps, as it wraps a downloaded base MLLM.
@@ -98,8 +98,8 @@ def _text_config(sizes: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
 def _build_qwen2_vl(sizes: dict[str, Any], image_size: int) -> tuple[Any, Any]:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
 
+    from unime.models.tiny import build_tokenizer
     from unime.processors import ImageOnlyQwen2VLProcessor
-    from unime.tiny import build_tokenizer
 
     tokenizer = build_tokenizer(QWEN_TOKENS)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_TOKENS}
@@ -121,7 +121,7 @@ def _build_llava_next(sizes: dict[str, Any], image_size: int) -> tuple[Any, Any]
         LlavaNextProcessor,
     )
 
-    from unime.tiny import build_tokenizer
+    from unime.models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer(["<image>"])
     pinpoints = [[h * image_size // 336, w * image_size // 336] for h, w in LLAVA_PINPOINTS]

@@ -2,7 +2,7 @@
 at random moments, resume each with its own resume path, and compare with an uninterrupted run.
 
 On small offline data built in a temporary folder (a tiny random LLaVA and Qwen2-VL from
-``unime.tiny``, the synthetic benchmark of ``unime.synth``, the MiniLM teacher from its wheel), for
+``unime.models.tiny``, the synthetic benchmark of ``unime.synth``, the MiniLM teacher from its wheel), for
 each command:
 
 1. one uninterrupted run (the reference), timed, counting its ``os.replace`` calls (each one is the
@@ -199,9 +199,9 @@ class Command:
 
 def make_fixtures(root: Path) -> None:
     """Tiny random LLaVA and Qwen2-VL, and a small synthetic benchmark, in ``root``."""
+    from unime.models.tiny import make_tiny
     from unime.synth.config import SynthConfig
     from unime.synth.generate import generate
-    from unime.tiny import make_tiny
 
     make_tiny("llava", root / "llava")
     make_tiny("qwen2_vl", root / "qwen2_vl")

@@ -849,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model
         if model_path is None:
-            from unime.tiny import make_tiny
+            from unime.models.tiny import make_tiny
 
             model_path = str(make_tiny("qwen2_vl", Path(tmp) / "tiny-qwen2-vl"))
         queue = 8

@@ -31,7 +31,6 @@ import torch
 
 from unime.config import CAPTION_PROMPT as DEFAULT_PROMPT
 from unime.config import CONTENT_SLOT
-from unime.model_state import has_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ def load_captioner(model: str | Path, *, trust_remote_code: bool = False) -> Cap
     from unime.modeling import load_model
 
     embedder = load_model(str(model), trust_remote_code=trust_remote_code)
-    if has_adapter(embedder):
+    if embedder.has_adapter:
         raise ValueError(f"{model}: holds an unmerged LoRA adapter; align starts from full weights (save the "
                          "earlier stage with merge: true)")
     headless = embedder[0].model

@@ -83,16 +83,16 @@ def load_image(
 ) -> Image.Image:
     """Open an image as RGB, with an error that names the item and the file when it fails.
 
-    Files are decoded by :func:`unime.images.open_image`, the decoder every command shares (format
+    Files are decoded by :func:`unime.io.images.open_image`, the decoder every command shares (format
     from the content, first frame, EXIF orientation, a decompression-bomb limit, alpha dropped by
-    :func:`unime.images.to_rgb`); a file that cannot be used is a ValueError
-    (:class:`unime.images.ImageDecodeError`) naming ``where`` and the file. ``resize`` is applied to
+    :func:`unime.io.images.to_rgb`); a file that cannot be used is a ValueError
+    (:class:`unime.io.images.ImageDecodeError`) naming ``where`` and the file. ``resize`` is applied to
     the image as opened, before the RGB conversion (a protocol's resize,
     :class:`unime.formats.ImageResize`, as VLM2Vec applies it); ``size`` resizes the RGB image to
     a square of that many pixels (bicubic), for callers that train at a fixed size. ``orient=False``
     leaves a file's EXIF orientation unapplied (VLM2Vec's protocol: the pixels as stored).
     """
-    from unime.images import open_image, to_rgb
+    from unime.io.images import open_image, to_rgb
 
     if isinstance(image, Image.Image):
         result = image

@@ -311,6 +311,11 @@ class UniMETransformer(Transformer):
         return pad_samples(samples, pad_id if pad_id is not None else 0, tokenizer.padding_side)
 
 
+def has_adapter(model: Any) -> bool:
+    """Whether a UniME model's transformers model carries a (peft) adapter not yet merged into it."""
+    return bool(getattr(model[0].model, "_hf_peft_config_loaded", False))
+
+
 def preprocess_workers() -> int:
     """Threads that prepare batches during ``encode``: ``UNIME_PREPROCESS_WORKERS``, else the CPU count (at most 8)."""
     value = os.environ.get("UNIME_PREPROCESS_WORKERS")
@@ -399,6 +404,11 @@ class UniMEModel(SentenceTransformer):
     @hf_model.setter
     def hf_model(self, value: Any) -> None:
         self[0].model = value
+
+    @property
+    def has_adapter(self) -> bool:
+        """Whether the transformers model carries a (peft) adapter not yet merged into it."""
+        return has_adapter(self)
 
     def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs: Any) -> dict[str, Any]:
         # The input module renders any mix of texts, images and both in one batch; the library's

@@ -16,6 +16,7 @@ import sys
 _COMMANDS = (
     "encode",
     "make_tiny",
+    "build_default",
     "data",
     "teacher_embed",
     "align",
@@ -38,6 +39,15 @@ DTYPE_HELP = ("compute dtype (default auto: bfloat16 on a GPU with bf16 and on a
 
 class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def check_output_dir(out: str, overwrite: bool, option: str = "--output-dir") -> None:
+    """Refuse a non-empty output folder unless ``--overwrite`` was given."""
+    from pathlib import Path
+
+    folder = Path(out)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise CLIError(f"{option} {folder} exists and is not empty (use --overwrite)")
 
 
 def build_parser() -> argparse.ArgumentParser:

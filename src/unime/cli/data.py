@@ -88,7 +88,7 @@ def _register_captions(actions: argparse._SubParsersAction) -> None:
 
 
 def _captions(args: argparse.Namespace) -> int:
-    from unime.captions import read_caption_pairs, write_eval_sets, write_train_pairs
+    from unime.data.captions import read_caption_pairs, write_eval_sets, write_train_pairs
 
     pairs = read_caption_pairs(args.data, args.image_dir)
     if args.train:

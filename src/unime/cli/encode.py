@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Parse and validate every row first, so a bad row fails before any model work."""
     from unime.inputs import to_input
-    from unime.jsonl import iter_jsonl, text_lines
+    from unime.io.jsonl import iter_jsonl, text_lines
 
     if not path.is_file():
         raise FileNotFoundError(f"--input {path}: file not found")
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     import unime
     from unime.environment import resolve_dtype
-    from unime.integrity import atomic_path
+    from unime.io.integrity import atomic_path
 
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")

@@ -26,7 +26,7 @@ import numpy as np
 
 from unime.environment import rank_and_world_size
 from unime.evaluation.common import EvalInput, input_key
-from unime.integrity import CorruptFileError, atomic_path, check_file, file_entry, write_json_atomic
+from unime.io.integrity import CorruptFileError, atomic_path, check_file, file_entry, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

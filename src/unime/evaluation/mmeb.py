@@ -30,13 +30,8 @@ from typing import Any
 import numpy as np
 
 from unime.config import MMEB_IMAGE_PLACEHOLDER
-from unime.evaluation.common import (
-    EvalInput,
-    input_key,
-    make_input,
-    percent,
-    resolve_image,
-)
+from unime.data.records import resolve_image
+from unime.evaluation.common import EvalInput, input_key, make_input, percent
 from unime.evaluation.encoding import deduplicate, encode_checked
 
 logger = logging.getLogger(__name__)

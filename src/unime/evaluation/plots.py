@@ -23,7 +23,7 @@ import numpy as np
 from unime.evaluation.common import make_input
 from unime.evaluation.encoding import encode_unique
 from unime.evaluation.retrieval import RetrievalDataset
-from unime.jsonl import iter_jsonl
+from unime.io.jsonl import iter_jsonl
 
 TRAINING_SERIES = ("loss", "grad_norm")
 

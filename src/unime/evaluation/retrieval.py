@@ -28,16 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from unime.evaluation.common import (
-    dataset_name,
-    make_input,
-    percent,
-    read_records,
-    require_fields,
-    resolve_image,
-)
+from unime.data.records import read_records, require_fields, resolve_image
+from unime.evaluation.common import dataset_name, make_input, percent
 from unime.evaluation.encoding import encode_unique
-from unime.jsonl import read_json
+from unime.io.jsonl import read_json
 
 RECALL_AT = (1, 5, 10)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")

@@ -33,7 +33,7 @@ from unime.evaluation.mmeb import (
     summarize_mmeb,
     using_protocol,
 )
-from unime.integrity import CorruptFileError, atomic_path, write_json_atomic
+from unime.io.integrity import CorruptFileError, atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from unime.evaluation.common import dataset_name, read_records, row_cosine
+from unime.data.records import read_records
+from unime.evaluation.common import dataset_name, row_cosine
 from unime.evaluation.encoding import encode_unique
-from unime.jsonl import CountedLines, text_lines
+from unime.io.jsonl import CountedLines, text_lines
 
 #: (first sentence, second sentence, score) column names, in the order they are tried.
 COLUMN_SETS = (("sentence1", "sentence2", "score"), ("sentence_A", "sentence_B", "relatedness_score"))

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from unime.evaluation.common import make_input, percent, require_fields, resolve_image, row_cosine
+from unime.data.records import require_fields, resolve_image
+from unime.evaluation.common import make_input, percent, row_cosine
 from unime.evaluation.encoding import encode_unique
-from unime.jsonl import read_json
+from unime.io.jsonl import read_json
 
 SPLIT_GROUPS: dict[str, tuple[str, ...]] = {
     "replace": ("replace_obj", "replace_att", "replace_rel"),

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from PIL import Image
 
-from unime.images import TOO_MANY_PIXELS, UNREADABLE, ImageDecodeError, decode_rgb
+from unime.io.images import TOO_MANY_PIXELS, UNREADABLE, ImageDecodeError, decode_rgb
 from unime.serve.errors import APIError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -101,7 +101,7 @@ def decode_base64_image(value: str, *, param: str, max_bytes: int) -> bytes:
 def open_image(data: bytes, *, param: str, max_pixels: int) -> Image.Image:
     """Decode image bytes to RGB after checking the pixel count announced by the header.
 
-    The decoding is :func:`unime.images.decode_rgb`, the one every command uses (first frame, EXIF
+    The decoding is :func:`unime.io.images.decode_rgb`, the one every command uses (first frame, EXIF
     orientation, alpha dropped), so a request image embeds as the same file does in ``unime encode``.
     """
     try:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from unime.data.mmeb import write_parquet
 from unime.synth.base import Context, DatasetSpec
 from unime.synth.config import SynthConfig
 from unime.synth.corpora import write_karpathy, write_nli, write_sts, write_sugarcrepe
-from unime.synth.mmeb import eval_rows, train_rows, write_parquet
+from unime.synth.mmeb import eval_rows, train_rows
 from unime.synth.scenes import COLOURS, SHAPES, SIZES, all_pairs, held_out_pairs
 from unime.synth.store import ImageStore
 from unime.synth.tasks import SYNTH_DATASETS

@@ -1,16 +1,14 @@
-"""Turning examples into MMEB-train and MMEB-eval rows, and writing them as parquet."""
+"""Turning examples into MMEB-train and MMEB-eval rows (written by :func:`unime.data.mmeb.write_parquet`)."""
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from unime.synth.base import DatasetSpec, Example
 from unime.synth.config import SynthConfig
 
 TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
-LIST_COLUMNS = frozenset({"tgt_text", "tgt_img_path"})
 
 Candidate = tuple[str, str]  # (text, image path)
 
@@ -85,17 +83,3 @@ def eval_rows(
         rows["tgt_img_path"].append([image for _, image in listed])
     return rows
 
-
-def write_parquet(path: Path, columns: dict[str, list]) -> None:
-    """Write string columns (list-of-string for ``LIST_COLUMNS``) with an explicit schema."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    fields = []
-    arrays = []
-    for name, values in columns.items():
-        kind = pa.list_(pa.string()) if name in LIST_COLUMNS else pa.string()
-        fields.append(pa.field(name, kind))
-        arrays.append(pa.array(values, type=kind))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_arrays(arrays, schema=pa.schema(fields)), path)

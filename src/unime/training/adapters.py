@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from unime.choices import SCOPES, TUNING_METHODS
-from unime.model_state import has_adapter as has_adapter
+from unime.modeling import has_adapter as has_adapter
 from unime.training.recipes import check_choice as _check_choice
 
 logger = logging.getLogger(__name__)

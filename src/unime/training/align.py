@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from unime.integrity import atomic_path, write_json_atomic
+from unime.io.integrity import atomic_path, write_json_atomic
 from unime.training.recipes import AlignRecipe
 from unime.training.trainer import AtomicCheckpointMixin
 

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unime.integrity import atomic_path, write_json_atomic
+from unime.io.integrity import atomic_path, write_json_atomic
 from unime.training.align import AlignTrainer, write_projector_files
 from unime.training.recipes import BankTuneRecipe
 
@@ -151,7 +151,7 @@ def bank_losses(
 
 def model_fingerprint(folder: str | Path) -> str:
     """SHA-256 over a model folder's weights and configuration files (what decides its text embeddings)."""
-    from unime.integrity import sha256_file
+    from unime.io.integrity import sha256_file
 
     folder = Path(folder)
     digest = hashlib.sha256()

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unime.images import header_problem
-from unime.jsonl import CountedLines, iter_jsonl, text_lines
+from unime.io.images import header_problem
+from unime.io.jsonl import CountedLines, iter_jsonl, text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _parse(row: dict[str, Any], where: str, image_root: Path) -> CaptionRow:
 
 def _image_problem(path: str) -> str | None:
     """Why ``path`` cannot be used as an image, or None; reads the header only
-    (:func:`unime.images.header_problem`)."""
+    (:func:`unime.io.images.header_problem`)."""
     problem = header_problem(path)
     return None if problem is None else f"column 'image': {problem}"
 

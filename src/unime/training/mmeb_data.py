@@ -35,9 +35,9 @@ from sentence_transformers.sentence_transformer.data_collator import SentenceTra
 
 from unime.choices import SAMPLING
 from unime.config import MMEB_IMAGE_PLACEHOLDER
-from unime.images import header_problem
 from unime.inputs import EmbedInput, load_image
-from unime.jsonl import iter_jsonl, text_lines
+from unime.io.images import header_problem
+from unime.io.jsonl import iter_jsonl, text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _parse_row(row: dict[str, Any], where: str, image_root: Path) -> dict[str, A
 
 def _image_problem(path: str) -> str | None:
     """Why ``path`` cannot be used as an image (None when it can): checked up front from the header
-    only (:func:`unime.images.header_problem`), the pixels are decoded when the row is batched."""
+    only (:func:`unime.io.images.header_problem`), the pixels are decoded when the row is batched."""
     return header_problem(path)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from unime.choices import CACHE_DTYPES
-from unime.integrity import CorruptFileError, atomic_path, check_file, file_entry, write_json_atomic
+from unime.io.integrity import CorruptFileError, atomic_path, check_file, file_entry, write_json_atomic
 
 # The teachers themselves (presets and their settings) are unime.teachers, which unime.model_names
 # reads too; their names are kept here for the callers that import them from this module.

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from unime.jsonl import CountedLines, iter_jsonl, text_lines
+from unime.io.jsonl import CountedLines, iter_jsonl, text_lines
 
 # Column names that hold a sentence, in the layouts stage 1 reads.
 NLI_COLUMNS = ("sent0", "sent1", "hard_neg")

@@ -28,7 +28,7 @@ from sentence_transformers import SentenceTransformerTrainer, SentenceTransforme
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from unime.environment import rank_and_world_size, resolve_bf16
-from unime.integrity import CorruptFileError, check_file, file_entry, write_json_atomic
+from unime.io.integrity import CorruptFileError, check_file, file_entry, write_json_atomic
 from unime.training.adapters import has_adapter
 from unime.training.recipes import TrainRecipe
 

@@ -20,7 +20,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from unime.evaluation.common import read_records, require_fields, resolve_image
+from unime.data.records import read_records, require_fields, resolve_image
 
 I2T_QUERY = "<|image_1|>\nFind an image caption describing the given everyday image.\n"
 T2I_QUERY = "Find me an everyday image that matches the given caption: {}\n"
@@ -80,7 +80,7 @@ def write_eval_sets(pairs: Sequence[tuple[str, str]], out_dir: str | Path, name:
                     max_images: int | None = None, seed: int = 0) -> dict[str, int]:
     """Write MMEB-eval ``<name>_i2t`` and ``<name>_t2i`` (``test.parquet``) and a ``splits.json`` for
     ``unime eval mmeb --groups``; returns queries per set."""
-    from unime.synth.mmeb import write_parquet
+    from unime.data.mmeb import write_parquet
 
     grouped = list(group_by_image(pairs).items())[:max_images]
     if candidates < 2 or candidates > len(grouped):

@@ -18,10 +18,10 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from unime.captions import group_by_image, read_caption_pairs, write_eval_sets, write_train_pairs
+from unime.data.captions import group_by_image, read_caption_pairs, write_eval_sets, write_train_pairs
 
 # Resolved from the package, not the working directory: an installed unime finds it from anywhere.
-SHIPPED_PHOTOS = Path(__file__).resolve().parent / "assets" / "flickr8k"
+SHIPPED_PHOTOS = Path(__file__).resolve().parents[1] / "assets" / "flickr8k"
 NAME = "Flickr8k"
 RETRIEVAL_FILE = "flickr8k_dev.csv"
 

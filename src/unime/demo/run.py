@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from unime.demo_photos import RETRIEVAL_FILE, PhotoSizes, find_photos, photo_examples, prepare_photos
-from unime.demo_report import REFERENCE_MODEL
+from unime.data.photos import RETRIEVAL_FILE, PhotoSizes, find_photos, photo_examples, prepare_photos
+from unime.demo.report import REFERENCE_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class DemoPreset:
     """Sizes of one demo run (see :data:`PRESETS`)."""
 
     name: str
-    model: str  # "tiny" (random Qwen2-VL), "smol" (SmolLM2 LLaVA, random CLIP) or "seeing" (the FastVLM default)
+    model: str  # "tiny" (random Qwen2-VL), "llava-random" (SmolLM2 LLaVA, random CLIP) or "seeing" (the FastVLM default)
     image_size: int | None  # None: the processor's own (the seeing default's 224 px)
     synth: dict[str, Any]
     distill_steps: int
@@ -54,11 +54,11 @@ class DemoPreset:
     # bf16 autocast for training and evaluation: auto where the CPU has native bf16 kernels (about 2x faster
     # than fp32 with AVX512-BF16), fp32 elsewhere (emulated bf16 is about 80x slower; unime.environment).
     bf16: bool | str = False
-    # What learns in stage 2: the tiny model is small enough to tune in full; the smol model's vision
+    # What learns in stage 2: the tiny model is small enough to tune in full; the llava-random model's vision
     # tower and projector start random, so they train in full beside the LoRA adapter.
     tune_tuning: str = "lora"
     tune_full_modules: tuple[str, ...] = ()
-    # Real photos (Flickr8k; the shipped subset unless --photos names a folder, unime.demo_photos).
+    # Real photos (Flickr8k; the shipped subset unless --photos names a folder, unime.data.photos).
     photos: PhotoSizes | None = None
     # The MMEB-style sets scored (None: every set generated).
     mmeb_datasets: tuple[str, ...] | None = None
@@ -76,8 +76,8 @@ PRESETS: dict[str, DemoPreset] = {
     # 32 px images through patch-8 CLIP: 16 image tokens per image, so the 135M language model
     # dominates the cost (about 5 s per stage-1 step of 32 sentences and 6 s per stage-2 step of 16
     # pairs in bf16 on 2 cores); sizes chosen to finish within 15 minutes on 2 idle cores.
-    "smol": DemoPreset(
-        name="smol", model="smol", image_size=32,
+    "llava-random": DemoPreset(
+        name="llava-random", model="llava-random", image_size=32,
         synth=dict(train_per_dataset=64, eval_queries=8, eval_candidates=8, retrieval_images=24,
                    captions_per_image=2, sugarcrepe_per_split=16, nli_rows=400, sts_pairs=80, image_size=32),
         distill_steps=20, distill_batch=32, distill_lr=2e-4,
@@ -86,7 +86,7 @@ PRESETS: dict[str, DemoPreset] = {
     ),
     # The seeing default (SmolLM2-135M + ImageNet MobileNetV2 + the shipped aligned projector) at
     # 224 px: 49 image tokens per image, so an image costs about what a 60-token text does, and the
-    # real Flickr8k photos (unime.demo_photos) join the synthetic sets.
+    # real Flickr8k photos (unime.data.photos) join the synthetic sets.
     "seeing": DemoPreset(
         name="seeing", model="seeing", image_size=None,
         synth=dict(train_per_dataset=32, eval_queries=4, eval_candidates=4, retrieval_images=8,
@@ -210,13 +210,13 @@ def _evaluate(model: Any, data: Path, batch_size: int, tasks: tuple[str, ...],
 
 
 def _build_base(preset: DemoPreset, folder: Path) -> Path:
-    from unime.default_model import DEFAULT_IMAGE_SIZE, build_default
-    from unime.tiny import make_smol, make_tiny
+    from unime.models.default import DEFAULT_IMAGE_SIZE, build_default
+    from unime.models.tiny import make_llava_random, make_tiny
 
     if preset.model == "seeing":
         return build_default(folder, stage="base", image_size=preset.image_size or DEFAULT_IMAGE_SIZE)
-    if preset.model == "smol":
-        return make_smol(folder, image_size=preset.image_size)
+    if preset.model == "llava-random":
+        return make_llava_random(folder, image_size=preset.image_size)
     return make_tiny("qwen2_vl", folder, image_size=preset.image_size)
 
 
@@ -252,9 +252,9 @@ def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *, overwrite: b
              photos: str | Path | None = None) -> dict[str, dict[str, float]]:
     """Run the demo into ``out``; returns ``{model name: metrics}`` and writes report, JSON and figures.
 
-    ``photos``: a Flickr8k folder (see :mod:`unime.demo_photos`); by default the subset that ships with unime.
+    ``photos``: a Flickr8k folder (see :mod:`unime.data.photos`); by default the subset that ships with unime.
     The console gets one line per step; the libraries' bars, log lines and warnings go to ``out/demo.log``."""
-    from unime.demo_progress import DemoConsole
+    from unime.demo.progress import DemoConsole
     from unime.environment import require_compatible
 
     require_compatible()
@@ -314,7 +314,7 @@ def _run_steps(console: Any, preset: DemoPreset, photo_dir: Path | None,
         evaluate(name, preset.ablation_eval if ablation else all_tasks, f"evaluating {name}")
     if preset.model == "seeing" and photo_dir is not None:
         with console.step("building unime-smol, the shipped default (the same recipe at full scale)"):
-            from unime.default_model import build_default
+            from unime.models.default import build_default
 
             models[REFERENCE_MODEL] = build_default(out / "unime-smol", stage="trained",
                                                     image_size=preset.image_size or 224)
@@ -367,7 +367,7 @@ def _write_outputs(out: Path, preset: DemoPreset, scores: dict[str, ModelScores]
                    next_tokens: Any = None) -> str:
     """results.json, query_ranks.json (per model, the per-query retrieval ranks behind R@K), the figures
     and report.md; returns the report."""
-    from unime.demo_report import demo_figures, demo_markdown
+    from unime.demo.report import demo_figures, demo_markdown
 
     results = {name: model.metrics for name, model in scores.items()}
     ranks = {name: model.ranks for name, model in scores.items() if model.ranks}

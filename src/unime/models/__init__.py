@@ -1,0 +1,1 @@
+"""Models built here rather than loaded: tiny random models of each family (tests) and the seeing default (unime-smol)."""
