@@ -294,7 +294,7 @@ def test_the_recipe_refuses_settings_that_do_not_apply_and_the_cli_has_no_flag_f
     from unime.cli import build_parser
 
     args = build_parser().parse_args(["align", "--config", "align-smol", "--image-size", "0", "--max-rows", "100"])
-    from unime.cli.align import recipe_from_args
+    from unime.cli.stages import recipe_from_args
 
     derived = recipe_from_args(args)
     assert (derived.image_size, derived.max_rows, derived.batch_size) == (None, 100, recipe.batch_size)

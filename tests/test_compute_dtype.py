@@ -239,7 +239,7 @@ def test_recipe_bf16_resolves_by_the_rule_in_the_training_arguments(cpu, caplog,
 
 
 def test_the_bf16_flag_takes_auto_true_false_and_refuses_anything_else(capsys):
-    from unime.cli.distill import recipe_from_args
+    from unime.cli.stages import recipe_from_args
 
     parser = cli.build_parser()
 

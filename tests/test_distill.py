@@ -14,7 +14,7 @@ import torch
 from transformers import TrainerCallback
 
 import unime
-from unime.cli import distill as distill_cli
+from unime.cli import stages as distill_cli
 from unime.cli import teacher_embed as teacher_embed_cli
 from unime.training.adapters import vision_modules
 from unime.training.distill import DistillRecipe, run_distill

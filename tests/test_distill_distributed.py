@@ -88,9 +88,9 @@ def test_two_processes_with_half_the_batch_equal_one_with_the_whole_batch(tiny_m
 
 _LAUNCHER = """
 import argparse, sys
-from unime.cli import distill
+from unime.cli import stages
 parser = argparse.ArgumentParser()
-distill.register(parser.add_subparsers())
+stages.register(parser.add_subparsers())
 args = parser.parse_args(sys.argv[1:])
 sys.exit(args.func(args))
 """

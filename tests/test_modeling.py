@@ -345,5 +345,7 @@ def test_update_config_and_hf_model_are_the_model_api(tiny_model_factory):
     with pytest.raises(ValueError, match="mode"):
         model.update_config(mode="both")
     assert model.unime_config.mode == "joint"
-    model.hf_model = inner
-    assert model[0].model is inner
+    model.set_hf_model(None)
+    assert model[0].model is None and model.hf_model is None
+    model.set_hf_model(inner)
+    assert model[0].model is inner and "hf_model" not in dict(model.named_children())

@@ -88,7 +88,7 @@ def test_deepspeed_launch_with_gradcache_is_refused_before_any_work(monkeypatch,
 
 
 def _cli_args(argv: list[str]) -> argparse.Namespace:
-    from unime.cli import tune as tune_cli
+    from unime.cli import stages as tune_cli
 
     parser = argparse.ArgumentParser()
     tune_cli.register(parser.add_subparsers())
@@ -96,7 +96,7 @@ def _cli_args(argv: list[str]) -> argparse.Namespace:
 
 
 def test_flags_override_the_recipe():
-    from unime.cli.tune import recipe_from_args
+    from unime.cli.stages import recipe_from_args
 
     recipe = recipe_from_args(_cli_args([
         "--config", "tune-llava16", "--model", "m", "--mini-batch-size", "0", "--batch-size", "64",

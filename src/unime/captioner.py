@@ -117,10 +117,10 @@ def load_captioner(model: str | Path, *, trust_remote_code: bool = False) -> Cap
     if embedder.has_adapter:
         raise ValueError(f"{model}: holds an unmerged LoRA adapter; align starts from full weights (save the "
                          "earlier stage with merge: true)")
-    headless = embedder[0].model
+    headless = embedder.hf_model
     dtype, base_class = next(headless.parameters()).dtype, type(headless)
     # One copy of the weights in memory: the embedder's goes before the captioner's loads.
-    embedder[0].model = None
+    embedder.set_hf_model(None)
     del headless
     gc.collect()
     captioner, info = AutoModelForImageTextToText.from_pretrained(
@@ -135,7 +135,7 @@ def load_captioner(model: str | Path, *, trust_remote_code: bool = False) -> Cap
     if type(captioner.model) is not base_class:
         raise ValueError(f"{model}: the captioning model wraps a {type(captioner.model).__name__}, the embedding "
                          f"model is a {base_class.__name__}; they cannot share weights")
-    embedder[0].model = captioner.model
+    embedder.set_hf_model(captioner.model)
     return Captioner(embedder, captioner)
 
 

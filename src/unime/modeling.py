@@ -384,6 +384,12 @@ class UniMEModel(SentenceTransformer):
         :meth:`update_config`."""
         return self[0].unime_config
 
+    @unime_config.setter
+    def unime_config(self, config: UniMEConfig) -> None:
+        if not isinstance(config, UniMEConfig):
+            raise TypeError(f"unime_config must be a UniMEConfig, got {type(config).__name__}")
+        self[0].unime_config = config
+
     def update_config(self, **changes: Any) -> UniMEConfig:
         """Replace settings of :attr:`unime_config` (validated as a whole, as when loading) and
         return the new config, e.g. ``model.update_config(mode="joint", stages=[..., "tune"])``."""
@@ -397,13 +403,15 @@ class UniMEModel(SentenceTransformer):
 
     @property
     def hf_model(self) -> Any:
-        """The transformers model inside (a peft model once adapters are attached); assign to
-        replace it (e.g. with a peft model wrapping it)."""
+        """The transformers model inside (a peft model once adapters are attached); replace it with
+        :meth:`set_hf_model`."""
         return self[0].model
 
-    @hf_model.setter
-    def hf_model(self, value: Any) -> None:
-        self[0].model = value
+    def set_hf_model(self, model: Any) -> None:
+        """Put another transformers model inside (e.g. the base of a captioning model sharing its
+        weights), or None to free the current one. A method, not an assignment: torch's
+        ``Module.__setattr__`` would register an assigned module as a new child instead."""
+        self[0].model = model
 
     @property
     def has_adapter(self) -> bool:

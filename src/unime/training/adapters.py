@@ -33,7 +33,7 @@ def vision_modules(model: Any) -> dict[str, torch.nn.Module]:
     """The vision tower and projector of a UniME model, by their dotted path (frozen in scope "llm")."""
     found = {}
     for path in model[0].backbone.vision_modules:
-        module = _submodule(model[0].model, path)
+        module = _submodule(model.hf_model, path)
         if module is not None:
             found[path] = module
     return found
@@ -89,7 +89,7 @@ def load_for_tuning(
 
 
 def is_quantized(model: Any) -> bool:
-    return bool(getattr(model[0].model, "is_loaded_in_4bit", False) or getattr(model[0].model, "is_loaded_in_8bit", False))
+    return bool(getattr(model.hf_model, "is_loaded_in_4bit", False) or getattr(model.hf_model, "is_loaded_in_8bit", False))
 
 
 def apply_tuning(
@@ -141,7 +141,7 @@ def _unfreeze(model: Any, scope: str, target_regex: str | None) -> None:
     model.requires_grad_(scope == "all")
     if scope == "llm":
         backbone = model[0].backbone
-        llm = _submodule(model[0].model, backbone.llm_module)
+        llm = _submodule(model.hf_model, backbone.llm_module)
         if llm is None:
             raise ValueError(f"no module {backbone.llm_module!r} in the {backbone.family} model")
         llm.requires_grad_(True)
@@ -154,7 +154,7 @@ def _add_lora(model: Any, method: str, scope: str, r: int, alpha: int, dropout: 
     if r <= 0 or alpha <= 0 or not 0.0 <= dropout < 1.0:
         raise ValueError(f"invalid LoRA settings r={r}, alpha={alpha}, dropout={dropout}")
     if method == "qlora":
-        prepare_model_for_kbit_training(model[0].model, use_gradient_checkpointing=False)
+        prepare_model_for_kbit_training(model.hf_model, use_gradient_checkpointing=False)
     backbone = model[0].backbone
     regex = target_regex or backbone.lora_target_regex(scope == "llm")
     try:
@@ -172,7 +172,7 @@ def merge_adapter(model: Any) -> bool:
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    hf_model = model[0].model
+    hf_model = model.hf_model
     if not has_adapter(model):
         return False
     if is_quantized(model):

@@ -149,7 +149,6 @@ def run_align(recipe: AlignRecipe, callbacks: list[Any] | None = None) -> Path:
     A folder holding checkpoints of an earlier run is refused unless ``recipe.resume``, which then
     continues from the last complete checkpoint (and starts afresh when there is none).
     """
-    from unime.config import UniMEConfig
     from unime.environment import require_compatible
     from unime.training.caption_data import read_caption_data
     from unime.training.captioning import load_captioner
@@ -173,8 +172,7 @@ def run_align(recipe: AlignRecipe, callbacks: list[Any] | None = None) -> Path:
     embedder = captioner.embedder
     if recipe.image_size is not None:
         # The projector learnt on images of this size: embed them alike (saved with the model).
-        embedder[0].unime_config = UniMEConfig.from_dict({**embedder.unime_config.to_dict(),
-                                                          "image_size": recipe.image_size})
+        embedder.update_config(image_size=recipe.image_size)
     output = save_final(embedder, recipe.output_dir, STAGE, recipe)
     if trainer.is_world_process_zero():
         write_projector_files(output, trainer, PROJECTOR_INFO,

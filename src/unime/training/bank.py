@@ -364,7 +364,7 @@ def build_bank_trainer(recipe: BankTuneRecipe, callbacks: list[Any] | None = Non
     eval_embeddings = (embed_bank(embedder, eval_bank, cache / "eval.safetensors", model_id, recipe.bank_batch_size, bf16)
                        if eval_bank is not None else None)
     embedder.requires_grad_(False)
-    projector = embedder[0].model.get_submodule("multi_modal_projector")
+    projector = embedder.hf_model.get_submodule("multi_modal_projector")
     projector.requires_grad_(True)
     logger.info("tune-bank: the projector learns (%d of %d parameters); %d images, %d bank captions",
                 sum(p.numel() for p in projector.parameters()), sum(p.numel() for p in embedder.parameters()),
@@ -387,7 +387,6 @@ def run_tune_bank(recipe: BankTuneRecipe, callbacks: list[Any] | None = None) ->
     A folder holding checkpoints of an earlier run is refused unless ``recipe.resume``, which then
     continues from the last complete checkpoint (the bank cache is reused).
     """
-    from unime.config import UniMEConfig
     from unime.environment import require_compatible
     from unime.training.saving import save_final
     from unime.training.trainer import resume_checkpoint
@@ -406,8 +405,7 @@ def run_tune_bank(recipe: BankTuneRecipe, callbacks: list[Any] | None = None) ->
     seconds = time.perf_counter() - start
     embedder = trainer.model
     if recipe.image_size is not None:
-        embedder[0].unime_config = UniMEConfig.from_dict({**embedder.unime_config.to_dict(),
-                                                          "image_size": recipe.image_size})
+        embedder.update_config(image_size=recipe.image_size)
     output = save_final(embedder, recipe.output_dir, STAGE, recipe)
     if trainer.is_world_process_zero():
         write_projector_files(output, trainer, SUMMARY_FILE, _summary(recipe, trainer, run.data, run.eval_data,

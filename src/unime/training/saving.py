@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 def save_final(model: Any, output_dir: str | Path, stage_name: str, recipe: TrainRecipe | None = None) -> Path:
     """Save a trained model as a UniME model, record the stage, and write the recipe beside it.
 
-    The stage joins ``model[0].unime_config.stages``. With ``recipe.merge`` (the default) an adapter
+    The stage joins ``model.unime_config.stages``. With ``recipe.merge`` (the default) an adapter
     is folded into the weights first (a 4-bit model is reloaded unquantised for that). Everything is
     written into a temporary folder beside ``output_dir`` and moved in, ``modules.json`` last: a
     folder that loads is a complete one, also when the run is killed during the save (whose temporary
@@ -34,9 +34,9 @@ def save_final(model: Any, output_dir: str | Path, stage_name: str, recipe: Trai
             model = _merged_copy(model)
         else:
             merge_adapter(model)
-    config = model[0].unime_config
-    if config.stages[-1:] != [stage_name]:
-        config.stages.append(stage_name)
+    stages = model.unime_config.stages
+    if stages[-1:] != [stage_name]:
+        model.update_config(stages=[*stages, stage_name])
     if rank_and_world_size()[0] != 0:
         return output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -71,12 +71,12 @@ def _merged_copy(model: Any) -> Any:
 
     from unime.modeling import load_model
 
-    adapter_state = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model[0].model).items()}
-    peft_config = model[0].model.peft_config["default"]
-    base = model[0].model.config._name_or_path
+    adapter_state = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model.hf_model).items()}
+    peft_config = model.hf_model.peft_config["default"]
+    base = model.hf_model.config._name_or_path
     fresh = load_model(base, trust_remote_code=bool(model.trust_remote_code))
-    fresh[0].unime_config = model[0].unime_config
+    fresh.unime_config = model.unime_config
     fresh.add_adapter(peft_config)
-    set_peft_model_state_dict(fresh[0].model, adapter_state)
+    set_peft_model_state_dict(fresh.hf_model, adapter_state)
     merge_adapter(fresh)
     return fresh

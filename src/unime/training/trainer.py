@@ -181,7 +181,7 @@ class UniMETrainer(AtomicCheckpointMixin, SentenceTransformerTrainer):
             from peft.utils import set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            result = set_peft_model_state_dict(self.model[0].model, load_file(str(adapter_file)))
+            result = set_peft_model_state_dict(self.model.hf_model, load_file(str(adapter_file)))
             unexpected = getattr(result, "unexpected_keys", [])
             if unexpected:
                 raise ValueError(f"{adapter_file}: adapter weights do not fit this model: {unexpected[:3]}")

@@ -61,12 +61,9 @@ def prepare_model(model: Any, recipe: TuneRecipe) -> None:
     model; the rows are fed in the recipe's ``input_format`` with images resized to ``image_size``.
     The format is not saved: the trained model embeds with its prompts and the processor's own image
     size until a protocol asks otherwise (the MMEB evaluation's VLM2Vec protocol is the raw format)."""
-    from unime.config import UniMEConfig
     from unime.formats import training_format
 
-    config = model[0].unime_config
-    model[0].unime_config = UniMEConfig.from_dict({**config.to_dict(), "mode": "joint",
-                                                   "image_size": recipe.image_size})
+    model.update_config(mode="joint", image_size=recipe.image_size)
     model.set_input_format(training_format(recipe.input_format, recipe.image_size))
 
 
