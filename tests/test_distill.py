@@ -4,6 +4,7 @@ the MiniLM teacher, the frozen vision side, exact resume, refusals, and the pack
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def test_distill_command_trains_the_llm_alone_and_saves_a_multimodal_model(
     assert after.encode(images[:2]).shape == (2, 64)
     recipe = DistillRecipe.from_yaml(out / RECIPE_FILE)
     assert (recipe.temperature, recipe.max_steps, recipe.cache) == (0.1, 4, str(minilm_cache))
+    logged = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged if "loss" in entry] == [2, 4]  # --logging-steps 2
 
 
 def test_distill_builds_the_teacher_cache_itself_when_none_is_given(tiny_model_factory, nli_csv, tmp_path):

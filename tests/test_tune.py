@@ -74,7 +74,7 @@ def test_defaults_are_the_papers_and_bad_settings_name_the_setting():
         with pytest.raises(ValueError, match=message):
             TuneRecipe.from_dict(settings, source="test.yaml")
     with pytest.raises(ValueError, match="missing setting.*--model, --data, --image-root, --output-dir"):
-        TuneRecipe().require_inputs()
+        TuneRecipe().check_runnable()
 
 
 def test_deepspeed_launch_with_gradcache_is_refused_before_any_work(monkeypatch, tmp_path):
@@ -186,6 +186,9 @@ def test_cli_tunes_a_stage1_model_end_to_end(stage1_model, mmeb_train, tmp_path,
     for entry in steps:  # every step logs the loss, the gradient norm and the mining statistics
         assert {"grad_norm", "false_negative_rate", "negative_similarity"} <= set(entry)
         assert 0.0 <= entry["false_negative_rate"] <= 1.0 and entry["grad_norm"] > 0
+    # The runner writes the same log history beside the model, as for every stage.
+    beside = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [entry for entry in beside if "loss" in entry] == steps
     embeddings = model.encode([{"text": "<|image_1|>\nRepresent the given image.", "image": str(images / "train/1.png")},
                                "answer 1"])
     assert embeddings.shape[0] == 2 and np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)

@@ -105,21 +105,6 @@ PRESETS: dict[str, DemoPreset] = {
 DEFAULT_PRESET = "seeing"
 
 
-def _log_recorder(path: Path) -> Any:
-    """A trainer callback writing every log line (loss, grad_norm, mining statistics) to a JSONL file."""
-    from transformers import TrainerCallback
-
-    class LogRecorder(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any):
-            if logs and state.is_world_process_zero:
-                with path.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    return LogRecorder()
-
-
 # Models whose cross-modal similarity matrix goes into similarity.png, and its size.
 SIMILARITY_MODELS = ("base", "stage 1", "stage 1+2")
 SIMILARITY_PAIRS = 20
@@ -228,7 +213,7 @@ def _distill(preset: DemoPreset, base: Path, data: Path, out: Path) -> Path:
         max_steps=preset.distill_steps, batch_size=preset.distill_batch, learning_rate=preset.distill_lr,
         logging_steps=1, save_steps=max(preset.distill_steps, 1), bf16=preset.bf16, seed=0,
     )
-    return run_distill(recipe, callbacks=[_log_recorder(out / "training_log.jsonl")])
+    return run_distill(recipe)  # writes training_log.jsonl beside the model, as every stage does
 
 
 def _tune(preset: DemoPreset, start: Path, data: Path, out: Path, negatives: str, steps: int) -> Path:
@@ -244,8 +229,7 @@ def _tune(preset: DemoPreset, start: Path, data: Path, out: Path, negatives: str
         input_format="prompted",
         modules_to_save=list(preset.tune_full_modules) or None,
     )
-    log = _log_recorder(out / "training_log.jsonl")
-    return tune(recipe, callbacks=[log])
+    return tune(recipe)
 
 
 def run_demo(out: str | Path, preset_name: str = DEFAULT_PRESET, *, overwrite: bool = False,

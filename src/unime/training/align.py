@@ -18,12 +18,10 @@ skipped, recipe, steps, loss, wall time) and ``training_log.jsonl``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from transformers import Trainer, TrainingArguments
 
 from unime.io.integrity import atomic_path, write_json_atomic
 from unime.training.recipes import AlignRecipe
+from unime.training.stage import TRAINING_LOG as _TRAINING_LOG
 from unime.training.trainer import AtomicCheckpointMixin
 
 __all__ = ["AlignRecipe", "AlignTrainer", "run_align"]
@@ -41,7 +40,7 @@ logger = logging.getLogger(__name__)
 STAGE = "align"
 PROJECTOR_FILE = "projector.safetensors"
 PROJECTOR_INFO = "projector.json"
-TRAINING_LOG = "training_log.jsonl"
+TRAINING_LOG = _TRAINING_LOG
 
 
 class AlignTrainer(AtomicCheckpointMixin, Trainer):
@@ -93,12 +92,10 @@ def save_projector(projector: torch.nn.Module, path: Path) -> None:
 
 
 def write_projector_files(output: Path, trainer: Any, info_name: str, summary: dict[str, Any]) -> None:
-    """Beside a saved model: the trained projector alone (``projector.safetensors``), the run's summary
-    (``info_name``) and its log history (``training_log.jsonl``)."""
+    """Beside a saved model: the trained projector alone (``projector.safetensors``) and the run's
+    summary (``info_name``); the runner writes the log history (``training_log.jsonl``) beside them."""
     save_projector(trainer.projector, output / PROJECTOR_FILE)
     write_json_atomic(output / info_name, summary, indent=2)
-    log = "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
-    (output / TRAINING_LOG).write_text(log, encoding="utf-8")
 
 
 def build_trainer(recipe: AlignRecipe, captioner: Any, data: Any, callbacks: list[Any] | None = None) -> AlignTrainer:
@@ -149,16 +146,18 @@ def run_align(recipe: AlignRecipe, callbacks: list[Any] | None = None) -> Path:
     A folder holding checkpoints of an earlier run is refused unless ``recipe.resume``, which then
     continues from the last complete checkpoint (and starts afresh when there is none).
     """
-    from unime.environment import require_compatible
+    from unime.training.stage import run_stage
+
+    return run_stage(STAGE, recipe, _setup, callbacks)
+
+
+def _setup(recipe: AlignRecipe, callbacks: list[Any] | None) -> Any:
+    """Caption data (read and checked before the model loads), the captioner and its trainer."""
     from unime.training.caption_data import read_caption_data
     from unime.training.captioning import load_captioner
-    from unime.training.saving import save_final
-    from unime.training.trainer import resume_checkpoint, seed_everything
+    from unime.training.stage import StageRun
+    from unime.training.trainer import seed_everything
 
-    recipe.check_runnable()
-    require_compatible()
-    recipe.check_model()
-    checkpoint = resume_checkpoint(recipe)
     data = read_caption_data(recipe.data, recipe.image_root or None, captions_per_image=recipe.captions_per_image,
                              max_rows=recipe.max_rows, skip_bad_rows=recipe.skip_bad_rows)
     if len(data.rows) < recipe.batch_size:
@@ -166,18 +165,16 @@ def run_align(recipe: AlignRecipe, callbacks: list[Any] | None = None) -> Path:
     seed_everything(recipe.seed)
     captioner = load_captioner(recipe.model, trust_remote_code=recipe.trust_remote_code)
     trainer = build_trainer(recipe, captioner, data, callbacks)
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.perf_counter() - start
     embedder = captioner.embedder
-    if recipe.image_size is not None:
-        # The projector learnt on images of this size: embed them alike (saved with the model).
-        embedder.update_config(image_size=recipe.image_size)
-    output = save_final(embedder, recipe.output_dir, STAGE, recipe)
-    if trainer.is_world_process_zero():
-        write_projector_files(output, trainer, PROJECTOR_INFO,
-                              _summary(recipe, captioner, trainer, data, result, seconds))
-        logger.info("align: %d steps in %.0f s, %d rows used, %d skipped (%d while batching); wrote %s",
-                    trainer.state.global_step, seconds, len(data.rows), data.skipped, trainer.data_collator.skipped,
-                    output)
-    return output
+
+    def after_training() -> None:
+        if recipe.image_size is not None:
+            # The projector learnt on images of this size: embed them alike (saved with the model).
+            embedder.update_config(image_size=recipe.image_size)
+
+    def record(output: Path, result: Any, seconds: float) -> None:
+        write_projector_files(output, trainer, PROJECTOR_INFO, _summary(recipe, captioner, trainer, data, result, seconds))
+        logger.info("align: %d rows used, %d skipped (%d while batching)", len(data.rows), data.skipped,
+                    trainer.data_collator.skipped)
+
+    return StageRun(trainer, embedder, after_training=after_training, record=record)

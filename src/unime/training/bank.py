@@ -387,28 +387,26 @@ def run_tune_bank(recipe: BankTuneRecipe, callbacks: list[Any] | None = None) ->
     A folder holding checkpoints of an earlier run is refused unless ``recipe.resume``, which then
     continues from the last complete checkpoint (the bank cache is reused).
     """
-    from unime.environment import require_compatible
-    from unime.training.saving import save_final
-    from unime.training.trainer import resume_checkpoint
+    from unime.training.stage import run_stage
 
-    recipe.check_runnable()
-    require_compatible()
-    recipe.check_model()
-    checkpoint = resume_checkpoint(recipe)
+    return run_stage(STAGE, recipe, _setup, callbacks)
+
+
+def _setup(recipe: BankTuneRecipe, callbacks: list[Any] | None) -> Any:
+    from unime.training.stage import StageRun
+
     run = build_bank_trainer(recipe, callbacks)
     trainer = run.trainer
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    if run.eval_data is not None and (not trainer.recall_history
-                                      or trainer.recall_history[-1]["step"] != trainer.state.global_step):
-        trainer.evaluate()
-    seconds = time.perf_counter() - start
-    embedder = trainer.model
-    if recipe.image_size is not None:
-        embedder.update_config(image_size=recipe.image_size)
-    output = save_final(embedder, recipe.output_dir, STAGE, recipe)
-    if trainer.is_world_process_zero():
+
+    def after_training() -> None:
+        if run.eval_data is not None and (not trainer.recall_history
+                                          or trainer.recall_history[-1]["step"] != trainer.state.global_step):
+            trainer.evaluate()
+        if recipe.image_size is not None:
+            trainer.model.update_config(image_size=recipe.image_size)
+
+    def record(output: Path, result: Any, seconds: float) -> None:
         write_projector_files(output, trainer, SUMMARY_FILE, _summary(recipe, trainer, run.data, run.eval_data,
                                                                      run.bank, result, seconds, run.model_id))
-        logger.info("tune-bank: %d steps in %.0f s; wrote %s", trainer.state.global_step, seconds, output)
-    return output
+
+    return StageRun(trainer, trainer.model, after_training=after_training, record=record)

@@ -21,13 +21,12 @@ from typing import Any
 import torch
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
-from unime.environment import require_compatible
 from unime.training.adapters import apply_tuning, load_for_tuning
 from unime.training.recipes import CACHE_SUBDIR, DistillRecipe
-from unime.training.saving import save_final
+from unime.training.stage import StageRun, run_stage
 from unime.training.teacher_cache import TeacherCache, build_cache, resolve_teacher
 from unime.training.text_data import read_sentences
-from unime.training.trainer import UniMETrainer, resume_checkpoint, seed_everything, training_arguments
+from unime.training.trainer import UniMETrainer, seed_everything, training_arguments
 
 __all__ = ["CACHE_SUBDIR", "DistillRecipe", "TeacherLookupCollator", "build_trainer", "prepare_cache", "run_distill"]
 
@@ -74,7 +73,6 @@ def build_trainer(recipe: DistillRecipe, callbacks: list[Any] | None = None) -> 
 
     from unime.losses import SimilarityKLLoss
 
-    recipe.check_runnable()
     sentences = read_sentences(recipe.data)
     if len(sentences) < recipe.batch_size:
         raise ValueError(f"data: {len(sentences)} unique sentences, fewer than batch_size {recipe.batch_size}")
@@ -98,12 +96,12 @@ def run_distill(recipe: DistillRecipe, callbacks: list[Any] | None = None) -> Pa
     """Run stage 1 and save the model to ``recipe.output_dir``; return that folder.
 
     A folder holding checkpoints of an earlier run is refused unless ``recipe.resume``, which then
-    continues from the last complete checkpoint (and starts afresh when there is none).
+    continues from the last complete checkpoint (and starts afresh when there is none); the sequence
+    is :func:`unime.training.stage.run_stage`'s.
     """
-    recipe.check_runnable()
-    require_compatible()
-    recipe.check_model()
-    checkpoint = resume_checkpoint(recipe)
-    trainer = build_trainer(recipe, callbacks)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    return save_final(trainer.model, recipe.output_dir, STAGE, recipe)
+
+    def setup(recipe: DistillRecipe, callbacks: list[Any] | None) -> StageRun:
+        trainer = build_trainer(recipe, callbacks)
+        return StageRun(trainer, trainer.model)
+
+    return run_stage(STAGE, recipe, setup, callbacks)

@@ -396,7 +396,7 @@ class TuneRecipe(TrainRecipe):
         if self.mini_batch_size is not None and self.deepspeed:
             raise ValueError(GRADCACHE_DEEPSPEED_ERROR)
 
-    def require_inputs(self) -> None:
+    def check_runnable(self) -> None:
         """The settings a run needs that no default can give, named as the CLI flags."""
         self.require("model", "data", "image_root", "output_dir")
 

@@ -11,7 +11,6 @@ candidates dropped as false negatives and the mean similarity of the chosen nega
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -124,18 +123,18 @@ def tune(recipe: TuneRecipe, *, callbacks: list[Any] | None = None) -> Path:
     ``tune_data.json`` of the rows used and skipped. ``callbacks`` are Hugging Face
     ``TrainerCallback`` objects passed to the trainer.
     """
-    from unime.environment import require_compatible
+    from unime.training.stage import run_stage
+
+    return run_stage(STAGE, recipe, _setup, callbacks, checks=(check_launch,))
+
+
+def _setup(recipe: TuneRecipe, callbacks: list[Any] | None) -> Any:
+    """Data (read and validated before the model loads), model, adapter and trainer of a stage-2 run."""
     from unime.training.adapters import apply_tuning, load_for_tuning
     from unime.training.mmeb_data import load_mmeb_train
-    from unime.training.saving import save_final
-    from unime.training.trainer import resume_checkpoint, seed_everything
+    from unime.training.stage import StageRun
+    from unime.training.trainer import seed_everything
 
-    recipe.require_inputs()
-    require_compatible()
-    check_launch(recipe)
-    recipe.check_model()
-    # Before anything is loaded: a folder with checkpoints of an earlier run needs --resume.
-    checkpoint = resume_checkpoint(recipe)
     data = load_mmeb_train(recipe.data, recipe.image_root, datasets=recipe.datasets, split=recipe.split,
                            max_rows_per_dataset=recipe.max_rows_per_dataset, skip_bad_rows=recipe.skip_bad_rows,
                            explicit_negatives=recipe.explicit_negatives)
@@ -150,11 +149,11 @@ def tune(recipe: TuneRecipe, *, callbacks: list[Any] | None = None) -> Path:
                  targets if recipe.tuning != "full" else None,
                  recipe.modules_to_save if recipe.tuning != "full" else None)
     trainer = build_trainer(model, data, recipe, callbacks)
-    if checkpoint:
-        logger.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    output = save_final(model, recipe.output_dir, STAGE, recipe)
-    if trainer.is_world_process_zero():
+
+    def record(output: Path, result: Any, seconds: float) -> None:
+        from unime.io.integrity import write_json_atomic
+
         summary = {"datasets": data.summary(), "skipped_while_batching": trainer.data_collator.skipped}
-        (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    return output
+        write_json_atomic(output / SUMMARY_FILE, summary, indent=2)
+
+    return StageRun(trainer, model, record=record)
