@@ -42,8 +42,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def read_model_type(name_or_path: str, trust_remote_code: bool = False) -> str:
-    """The ``model_type`` of a model folder, hub id or LoRA adapter folder, without loading weights."""
-    check_model_name(str(name_or_path), option="model", files=False)
+    """The ``model_type`` of a model folder, hub id or LoRA adapter folder, without loading weights.
+    The name was checked where it entered (:func:`load_model`, a recipe's ``check_model``)."""
     path = Path(name_or_path)
     if path.is_dir():
         adapter = path / "adapter_config.json"
