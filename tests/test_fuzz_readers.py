@@ -659,7 +659,7 @@ def test_encode_input_rows(image_root, generated, data):
         kind, result = outcome("encode_rows_jsonl", lambda: read_rows(path), path, defect, where, damage)
     if damage in HARMLESS and (defect is None or defect.kind == "huge"):
         assert kind == "ok", result
-        assert [r.get("text") for r in result] == [_real(r.get("text")) for r in rows]
+        assert [r.text for r in result] == [_real(r.get("text")) for r in rows]
 
 
 # --- recipe YAML --------------------------------------------------------------------------------

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from unime.choices import DTYPES
 from unime.cli import DTYPE_HELP
+
+if TYPE_CHECKING:
+    from unime.inputs import EmbedInput
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,14 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
+def read_rows(path: Path) -> list[EmbedInput]:
     """Parse and validate every row first, so a bad row fails before any model work."""
     from unime.inputs import to_input
     from unime.io.jsonl import iter_jsonl, text_lines
 
     if not path.is_file():
         raise FileNotFoundError(f"--input {path}: file not found")
-    rows: list[dict[str, Any]] = []
+    rows: list[EmbedInput] = []
     for number, row, error in iter_jsonl(text_lines(path)):
         where = f"{path} line {number}"
         if error is not None:
@@ -49,8 +52,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             row["image"] = str(image if image.is_absolute() else path.parent / image)
             if not Path(row["image"]).is_file():
                 raise FileNotFoundError(f"{where}: image file not found: {row['image']}")
-        to_input(row, where=where)  # validates keys and types
-        rows.append(row)
+        rows.append(to_input(row, where=where))  # validated here, once: encode takes the inputs as they are
     if not rows:
         raise ValueError(f"{path}: no rows to embed")
     return rows
