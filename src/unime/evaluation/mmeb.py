@@ -24,12 +24,14 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from unime.config import MMEB_IMAGE_PLACEHOLDER
+from unime.data.mmeb import data_files, dataset_folders, missing_columns, parquet_rows, row_label
 from unime.data.records import resolve_image
 from unime.evaluation.common import EvalInput, input_key, make_input, percent
 from unime.evaluation.encoding import deduplicate, encode_checked
@@ -265,23 +267,19 @@ class _RowReader:
 
 
 def _read_parquet_rows(name: str, folder: Path) -> Iterable[tuple[str, Mapping[str, Any]]]:
-    import pandas as pd
-
-    files = sorted(folder.glob("*.parquet"))
+    files = data_files(folder, any_entry=True)
     if not files:
         raise FileNotFoundError(f"MMEB {name}: no .parquet files in {folder}")
     for file in files:
-        try:
-            frame = pd.read_parquet(file)
-        except Exception as error:  # pyarrow raises several types for a damaged or empty file
-            raise ValueError(f"MMEB {name}: cannot read {file}: {error}") from None
-        missing = [column for column in COLUMNS if column not in frame.columns]
-        if missing:
-            raise ValueError(
-                f"MMEB {name}: {file.name}: missing column(s) {missing}; it has {list(frame.columns)}"
-            )
-        for row, record in enumerate(frame[list(COLUMNS)].to_dict("records")):
-            yield f"{file.name} row {row}", record
+        for row, record in parquet_rows(file, f"MMEB {name}", partial(_check_columns, name, file),
+                                        columns=COLUMNS, decode="pandas"):
+            yield row_label(file, row), record
+
+
+def _check_columns(name: str, file: Path, names: list[str]) -> None:
+    missing = missing_columns(COLUMNS, names)
+    if missing:
+        raise ValueError(f"MMEB {name}: {file.name}: missing column(s) {missing}; it has {names}")
 
 
 def load_mmeb_dataset(
@@ -329,7 +327,7 @@ def discover_mmeb(data_dir: str | os.PathLike[str], names: Sequence[str] | None 
             if not (data_dir / name).is_dir():
                 raise FileNotFoundError(f"MMEB {name}: no folder {data_dir / name} (--datasets)")
         return list(names)
-    found = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and any(p.glob("*.parquet")))
+    found = [folder.name for folder in dataset_folders(data_dir, any_entry=True)]
     if not found:
         raise FileNotFoundError(f"MMEB data folder {data_dir} has no dataset folders with .parquet files")
     return found

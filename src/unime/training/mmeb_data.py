@@ -35,6 +35,7 @@ from sentence_transformers.sentence_transformer.data_collator import SentenceTra
 
 from unime.choices import SAMPLING
 from unime.config import MMEB_IMAGE_PLACEHOLDER
+from unime.data.mmeb import CHUNK, data_files, dataset_folders, missing_columns, parquet_rows, row_label
 from unime.inputs import EmbedInput, load_image
 from unime.io.images import header_problem
 from unime.io.jsonl import iter_jsonl, text_lines
@@ -47,7 +48,6 @@ REQUIRED_COLUMNS = ("qry", "pos_text")
 # Sides of a pair: (name used in messages and dataset columns, MMEB text column, MMEB image column).
 _SIDES = (("query", "qry", "qry_image_path"), ("positive", "pos_text", "pos_image_path"),
           ("negative", "neg_text", "neg_image_path"))
-_CHUNK = 2048
 
 
 class BadRow(ValueError):
@@ -98,14 +98,13 @@ def discover(data: str | Path, names: Sequence[str] | None = None, split: str | 
         found = {root.stem: DatasetSource(root.stem, (root,))}
     elif root.is_dir():
         found = {}
-        for entry in sorted(root.iterdir()):
-            if entry.is_file() and entry.suffix in DATA_SUFFIXES:
+        folders = dataset_folders(root, DATA_SUFFIXES, split)
+        # Files and sub-folders in one name order; a file and a folder of one name: the later wins.
+        for entry in sorted([*data_files(root, DATA_SUFFIXES), *folders]):
+            if entry in folders:
+                found[entry.name] = DatasetSource(entry.name, folders[entry])
+            else:
                 found[entry.stem] = DatasetSource(entry.stem, (entry,))
-            elif entry.is_dir():
-                files = tuple(sorted(p for p in entry.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES
-                                     and (split is None or p.name.startswith(split))))
-                if files:
-                    found[entry.name] = DatasetSource(entry.name, files)
         if not found:
             where = f" named {split}*" if split else ""
             raise ValueError(f"--data {root}: no .parquet or .jsonl files{where}, neither directly nor in sub-folders")
@@ -123,25 +122,9 @@ def discover(data: str | Path, names: Sequence[str] | None = None, split: str | 
 def _read_file(dataset: str, path: Path) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
     """(where, row) for each row of a file; a row that cannot even be parsed comes as a BadRow."""
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            handle = pq.ParquetFile(path)
-        except Exception as error:  # pyarrow raises several types for a damaged file
-            raise ValueError(f"dataset {dataset}: cannot read {path}: {error}") from None
-        _check_columns(dataset, path, handle.schema_arrow.names)
-        index = 0
-        batches = handle.iter_batches(batch_size=_CHUNK)
-        while True:
-            try:
-                batch = next(batches, None)
-            except Exception as error:  # damaged pages surface while reading, not when opening
-                raise ValueError(f"dataset {dataset}: cannot read {path} after row {index}: {error}") from None
-            if batch is None:
-                return
-            for row in batch.to_pylist():
-                yield f"dataset {dataset}, {path.name} row {index}", row
-                index += 1
+        for index, row in parquet_rows(path, f"dataset {dataset}", partial(_check_columns, dataset, path)):
+            yield f"dataset {dataset}, {row_label(path, index)}", row
+        return
     for number, row, error in iter_jsonl(text_lines(path)):
         where = f"dataset {dataset}, {path.name} line {number}"
         if error is not None:
@@ -160,7 +143,7 @@ def _check_columns(dataset: str, path: Path, names: list[str], where: str | None
     if unknown:
         raise ValueError(f"{where or f'dataset {dataset}, {path.name}'}: unknown column(s) {', '.join(unknown)}; "
                          f"MMEB-train columns are {', '.join(COLUMNS)}")
-    missing = [name for name in REQUIRED_COLUMNS if name not in names]
+    missing = missing_columns(REQUIRED_COLUMNS, names)
     if missing and where is None:
         raise ValueError(f"dataset {dataset}, {path.name}: missing column(s) {', '.join(missing)}")
 
@@ -252,7 +235,7 @@ def _load_source(source: DatasetSource, image_root: Path, max_rows: int | None,
 
     def wanted() -> int:
         # Rows past the cap are never examined: a bad row there neither fails nor counts.
-        return _CHUNK if max_rows is None else min(_CHUNK, max_rows - len(kept))
+        return CHUNK if max_rows is None else min(CHUNK, max_rows - len(kept))
 
     for path in source.files:
         for where, raw in _read_file(source.name, path):
