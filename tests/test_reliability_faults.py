@@ -7,6 +7,9 @@
   any damaged file loaded turns this red.
 - In-process cases of the same rules: every checkpoint and cache file is checked against the size
   and SHA-256 recorded when it was written.
+- Two faults the harness does not reach, on a small stage-1 run: one rank of a 2-process (gloo) run
+  SIGKILLed while a checkpoint is written, and a full disk (ENOSPC) during a checkpoint write; each
+  resumed to the uninterrupted run's weights and losses, bit for bit.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from process_helpers import run_gloo
+from torch.multiprocessing import ProcessExitedException
 
 from unime.evaluation.encoding import CachedEncoder
 from unime.evaluation.runner import _cached_score
@@ -229,3 +236,172 @@ def test_a_killed_final_save_leaves_no_staging_folder_behind(tiny_model_factory,
     (stale / "1_Pooling").mkdir(parents=True)
     save_final(build_model(str(tiny_model_factory("qwen2_vl"))), tmp_path / "out", "tune")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ----------------------------------------------------------------------------- a rank killed, a full disk
+
+# A stage-1 (distill) run small enough for two cores: 16 sentences, a tiny LLaVA with LoRA, a batch of 4
+# (2 per rank when there are two), a checkpoint after every step, float32 (bf16 would hide a difference).
+DISTILL_SENTENCES = [f"sentence {i} about a {word}" for i, word in enumerate(
+    "cat dog park guitar lake book train bird river city apple house road cloud field stone".split())]
+
+
+@pytest.fixture(scope="module")
+def distill_settings(tiny_model_factory, tmp_path_factory) -> dict:
+    """The settings of the small distill run, and its teacher cache built once by a stand-in teacher."""
+    from unime.training.distill import DistillRecipe, prepare_cache
+    from unime.training.text_data import read_sentences
+
+    folder = tmp_path_factory.mktemp("distill")
+    data = folder / "sentences.txt"
+    data.write_text("\n".join(DISTILL_SENTENCES) + "\n")
+    settings = dict(model=str(tiny_model_factory("llava")), data=[str(data)], cache=str(folder / "cache"),
+                    max_steps=4, batch_size=4, learning_rate=1e-2, warmup_steps=0, lora_r=4, lora_alpha=8,
+                    save_steps=1, save_total_limit=None, logging_steps=1, seed=7, bf16=False, merge=False)
+    recipe = DistillRecipe(output_dir=str(folder / "unused"), **settings)
+    original = teacher_cache.load_teacher
+    teacher_cache.load_teacher = lambda spec, **kwargs: _Teacher()
+    try:
+        prepare_cache(recipe, read_sentences(recipe.data))
+    finally:
+        teacher_cache.load_teacher = original
+    return settings
+
+
+def _distill_rank(rank: int, world: int, settings: dict, out: str, kill_at: int | None) -> None:
+    """One rank of a 2-process distill run inside :func:`run_gloo`'s group; rank 1 SIGKILLs itself while
+    checkpoint ``kill_at`` is being written (after rank 0 wrote the weights and optimizer into the
+    staging folder, before rank 1 wrote its RNG state)."""
+    import signal
+
+    # What torchrun would set; accelerate then joins the group run_gloo formed instead of making one.
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      OMP_NUM_THREADS="1")
+    from accelerate.state import AcceleratorState, PartialState
+    from transformers import Trainer
+
+    from unime.training.distill import DistillRecipe, run_distill
+
+    AcceleratorState._reset_state(True)  # a forked child inherits the parent's single-process state
+    PartialState._reset_state()
+    if kill_at is not None and rank == 1:
+        save_rng_state = Trainer._save_rng_state
+
+        def killed(self, output_dir: str) -> None:
+            if os.path.basename(output_dir) == f"checkpoint-{kill_at}":
+                os.kill(os.getpid(), signal.SIGKILL)
+            save_rng_state(self, output_dir)
+
+        Trainer._save_rng_state = killed
+    run_distill(DistillRecipe(output_dir=out, **settings))
+
+
+def _losses(out: Path) -> dict[int, float]:
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    return {entry["step"]: entry["loss"] for entry in log if "loss" in entry}
+
+
+def _assert_same_run(out: Path, reference: Path, resumed_from: int) -> None:
+    """Bit-identical adapter weights and logged losses: both runs take the same code path (same process
+    count, same reduction order), and resuming restores weights, optimizer, scheduler, RNG and data order."""
+    from safetensors.torch import load_file
+
+    expected = load_file(str(reference / "adapter_model.safetensors"))
+    got = load_file(str(out / "adapter_model.safetensors"))
+    assert got.keys() == expected.keys() and len(expected) == 28
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    losses, expected_losses = _losses(out), _losses(reference)
+    assert sorted(expected_losses) == [1, 2, 3, 4]
+    after = {step: loss for step, loss in losses.items() if step > resumed_from}
+    assert after == {step: loss for step, loss in expected_losses.items() if step > resumed_from}
+    assert len(set(expected_losses.values())) == 4  # the steps trained: their losses differ
+
+
+@pytest.mark.distributed
+def test_one_rank_killed_mid_checkpoint_resumes_to_the_uninterrupted_two_process_run(distill_settings, tmp_path):
+    from unime.training.distill import DistillRecipe
+
+    run_gloo(_distill_rank, (distill_settings, str(tmp_path / "whole"), None), world=2)
+    out = tmp_path / "killed"
+    start = time.monotonic()
+    with pytest.raises(ProcessExitedException, match="SIGKILL"):
+        run_gloo(_distill_rank, (distill_settings, str(out), 3), world=2)
+    # Rank 0, waiting for rank 1 at the checkpoint's barrier, is ended with it (by run_gloo, which
+    # stops the other ranks once one dies; gloo would also raise "Connection closed by peer"), not left hanging.
+    assert time.monotonic() - start < 120
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [".staging", "checkpoint-1", "checkpoint-2"]
+    half = checkpoints / ".staging" / "checkpoint-3"
+    assert (half / "optimizer.pt").is_file() and not (half / CHECKPOINT_MANIFEST).exists()
+    recipe = DistillRecipe(output_dir=str(out), resume=True, **distill_settings)
+    assert resume_checkpoint(recipe) == str(checkpoints / "checkpoint-2")  # verified, the half one never taken
+    run_gloo(_distill_rank, ({**distill_settings, "resume": True}, str(out), None), world=2)
+    _assert_same_run(out, tmp_path / "whole", resumed_from=2)
+    assert not (checkpoints / ".staging").exists()
+
+
+def _full_disk_at_the_optimizer(monkeypatch) -> None:
+    """torch.save of checkpoint 3's optimizer state (its weights are written) writes 100 bytes, then
+    finds the disk full."""
+    import errno
+
+    save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if str(f).endswith(os.path.join("checkpoint-3", "optimizer.pt")):
+            Path(f).write_bytes(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+
+
+def _full_disk_at_the_weights(monkeypatch) -> None:
+    """safetensors, writing checkpoint 3's adapter weights, finds the disk full: it raises its own error
+    type (not an OSError) with the Rust I/O error's text."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    save = transformers.modeling_utils.safe_save_file
+
+    def full_disk(tensors, filename, *args, **kwargs):
+        if os.path.basename(os.path.dirname(str(filename))) == "checkpoint-3":
+            Path(filename).write_bytes(b"\0" * 100)
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_disk)
+
+
+@pytest.mark.parametrize("fill", [_full_disk_at_the_optimizer, _full_disk_at_the_weights])
+def test_a_full_disk_during_a_checkpoint_names_it_keeps_the_last_one_and_resumes_to_the_same_run(
+    distill_settings, tmp_path, monkeypatch, fill
+):
+    import errno
+
+    from unime.training.distill import DistillRecipe, run_distill
+    from unime.training.trainer import last_checkpoint
+
+    def recipe(out: str, **changes) -> DistillRecipe:
+        return DistillRecipe(output_dir=str(tmp_path / out), **{**distill_settings, **changes})
+
+    run_distill(recipe("whole"))
+    checkpoints = tmp_path / "full" / "checkpoints"
+    with monkeypatch.context() as patches:
+        fill(patches)
+        with pytest.raises(OSError) as info:
+            run_distill(recipe("full"))
+    message = str(info.value)
+    assert info.value.errno == errno.ENOSPC
+    assert f"checkpoint {checkpoints / 'checkpoint-3'} not written" in message
+    assert "the disk is full; checkpoint-2 is the last complete checkpoint" in message
+    if fill is _full_disk_at_the_optimizer:
+        assert "(writing optimizer.pt)" in message
+    # Nothing half-written is left where resuming looks, nor anywhere in the folder (its space is given back).
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert last_checkpoint(checkpoints) == str(checkpoints / "checkpoint-2")
+    verify_checkpoint(checkpoints / "checkpoint-2")
+    assert resume_checkpoint(recipe("full", resume=True)) == str(checkpoints / "checkpoint-2")
+    run_distill(recipe("full", resume=True))  # the disk freed: the patch is gone
+    _assert_same_run(tmp_path / "full", tmp_path / "whole", resumed_from=2)

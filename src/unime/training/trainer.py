@@ -16,6 +16,7 @@ itself). The learning rate is therefore independent of W and A.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -89,15 +90,24 @@ class AtomicCheckpointMixin:
             os.makedirs(staging, exist_ok=True)
         self.accelerator.wait_for_everyone()
         self._staging_dir = staging
+        final = os.path.join(run_dir, name)
         try:
             super()._save_checkpoint(model, trial)
+        except Exception as error:  # OSError, or safetensors' own error type for the weights
+            if _disk_full(error):
+                raise self._disk_full_error(error, final, staging) from error
+            raise
         finally:
             self._staging_dir = None
         # Every rank writes its RNG state into the staging folder before it moves.
         self.accelerator.wait_for_everyone()
         if self.is_world_process_zero():
-            write_checkpoint_manifest(os.path.join(staging, name))
-            final = os.path.join(run_dir, name)
+            try:
+                write_checkpoint_manifest(os.path.join(staging, name))
+            except OSError as error:
+                if _disk_full(error):
+                    raise self._disk_full_error(error, final, staging) from error
+                raise
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(os.path.join(staging, name), final)
@@ -107,6 +117,19 @@ class AtomicCheckpointMixin:
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()
+
+    def _disk_full_error(self, error: Exception, final: str, staging: str) -> OSError:
+        """The error of a checkpoint write that ran out of disk: the checkpoint and the file named, the
+        full disk said, and the last complete checkpoint to resume from. The partial staging folder is
+        removed to give its space back; the complete checkpoints are left as they were."""
+        if self.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+        filename = getattr(error, "filename", None)
+        where = f" (writing {os.path.basename(filename)})" if filename else ""
+        previous = last_checkpoint(os.path.dirname(final))
+        resume = (f"{os.path.basename(previous)} is the last complete checkpoint: free space and resume from it "
+                  "with --resume" if previous else "no checkpoint is complete yet: free space and start the run again")
+        return OSError(errno.ENOSPC, f"checkpoint {final} not written{where}: the disk is full; {resume}")
 
     def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
         folder = output_dir or self.args.output_dir
@@ -187,6 +210,14 @@ class UniMETrainer(AtomicCheckpointMixin, SentenceTransformerTrainer):
                 raise ValueError(f"{adapter_file}: adapter weights do not fit this model: {unexpected[:3]}")
             return
         super()._load_from_checkpoint(resume_from_checkpoint)
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether a write failed for want of space: an ``OSError`` with ENOSPC (or EDQUOT, a quota), or
+    safetensors' error, which carries the Rust I/O error's text ("No space left on device (os error 28)")."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "No space left on device" in str(error) or f"(os error {errno.ENOSPC})" in str(error)
 
 
 def last_checkpoint(folder: str | Path) -> str | None:
