@@ -87,6 +87,16 @@ def test_deepspeed_launch_with_gradcache_is_refused_before_any_work(monkeypatch,
     assert not (tmp_path / "out").exists()
 
 
+def test_one_rule_for_gradcache_with_deepspeed_at_every_moment():
+    recipe = TuneRecipe(mini_batch_size=4)
+    recipe.check_gradcache_deepspeed()  # no DeepSpeed anywhere
+    with pytest.raises(ValueError, match="no_sync"):  # what a launch or a built trainer reports
+        recipe.check_gradcache_deepspeed(deepspeed=True)
+    TuneRecipe(mini_batch_size=None).check_gradcache_deepspeed(deepspeed=True)  # no GradCache: fine
+    with pytest.raises(ValueError, match="no_sync"):  # the recipe's own DeepSpeed config
+        TuneRecipe(mini_batch_size=4, deepspeed="deepspeed-zero2")
+
+
 def _cli_args(argv: list[str]) -> argparse.Namespace:
     from unime.cli import stages as tune_cli
 

@@ -393,12 +393,18 @@ class TuneRecipe(TrainRecipe):
                 raise ValueError(f"dataset_weights must map data set names to positive numbers, got {self.dataset_weights!r}")
             if self.sampling != "proportional":
                 raise ValueError("dataset_weights need sampling 'proportional'")
-        if self.mini_batch_size is not None and self.deepspeed:
-            raise ValueError(GRADCACHE_DEEPSPEED_ERROR)
+        self.check_gradcache_deepspeed()
 
     def check_runnable(self) -> None:
         """The settings a run needs that no default can give, named as the CLI flags."""
         self.require("model", "data", "image_root", "output_dir")
+
+    def check_gradcache_deepspeed(self, deepspeed: bool = False) -> None:
+        """The one rule for GradCache (``mini_batch_size``) with DeepSpeed, applied when the recipe is
+        read (its own ``deepspeed``), at launch (``accelerate launch`` with a DeepSpeed config) and on
+        the built trainer (``deepspeed``: what the launch or the trainer says besides the recipe)."""
+        if self.mini_batch_size is not None and (deepspeed or self.deepspeed):
+            raise ValueError(GRADCACHE_DEEPSPEED_ERROR)
 
 
 ALIGN_PROMPT = "Describe the image in one sentence."

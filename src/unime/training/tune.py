@@ -39,8 +39,7 @@ def deepspeed_enabled(recipe: TuneRecipe) -> bool:
 
 def check_launch(recipe: TuneRecipe) -> None:
     """Refuse the combinations that would train wrongly, before anything is loaded."""
-    if recipe.mini_batch_size is not None and deepspeed_enabled(recipe):
-        raise ValueError(GRADCACHE_DEEPSPEED_ERROR)
+    recipe.check_gradcache_deepspeed(deepspeed_enabled(recipe))
 
 
 def resolve_deepspeed(value: str) -> str:
@@ -109,8 +108,8 @@ def build_trainer(model: Any, data: Any, recipe: TuneRecipe, callbacks: list[Any
     collator = MMEBTrainCollator(preprocess_fn=model.preprocess, skip_bad_rows=recipe.skip_bad_rows)
     trainer = UniMETrainer(model=model, args=args, train_dataset=data.datasets, loss=build_loss(model, recipe),
                            data_collator=collator, callbacks=callbacks)
-    if getattr(trainer, "is_deepspeed_enabled", False) and recipe.mini_batch_size is not None:
-        raise ValueError(GRADCACHE_DEEPSPEED_ERROR)
+    # DeepSpeed can also come from an accelerate config that the environment does not show.
+    recipe.check_gradcache_deepspeed(bool(getattr(trainer, "is_deepspeed_enabled", False)))
     return trainer
 
 
