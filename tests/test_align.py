@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from training_helpers import stop_at
 
 import unime
 from unime.cli import main
@@ -59,18 +60,6 @@ def _recipe(model: Path, data: Path, images: Path, out: Path, **settings) -> Ali
                 max_steps=4, save_steps=2, logging_steps=1, warmup_steps=1, bf16=False)
     return AlignRecipe(**{**base, **settings})
 
-
-def _stop_at(step: int):
-    """A callback that stops training after ``step`` (its checkpoint is written first), as a killed run."""
-    from transformers import TrainerCallback
-
-    class StopAt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                control.should_training_stop = True
-            return control
-
-    return StopAt()
 
 
 def _record_modes(seen: dict[str, set[bool]]):
@@ -173,7 +162,7 @@ def test_resuming_after_a_stop_at_step_2_gives_the_projector_of_an_uninterrupted
     model = tiny_model_factory("llava")
     whole = load_file(str(run_align(_recipe(model, *captions, tmp_path / "whole")) / PROJECTOR_FILE))
     parts = _recipe(model, *captions, tmp_path / "parts")
-    run_align(parts, callbacks=[_stop_at(2)])
+    run_align(parts, callbacks=[stop_at(2)])
     assert sorted(p.name for p in parts.checkpoint_dir().iterdir()) == ["checkpoint-2"]
     assert sorted(p.name for p in (parts.checkpoint_dir() / "checkpoint-2").glob("*.safetensors")) == [PROJECTOR_FILE]
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from training_helpers import stop_at
 
 import unime
 from unime.training.recipes import TrainRecipe, resolve_recipe
@@ -214,18 +215,6 @@ def test_cli_reports_a_bad_row_naming_it(stage1_model, mmeb_train, tmp_path, cap
     assert "dataset T2I, train.jsonl line 3: image file not found" in capsys.readouterr().err
 
 
-def _stop_at(step: int):
-    """A callback that stops training after ``step`` (its checkpoint is written first), as a killed run."""
-    from transformers import TrainerCallback
-
-    class StopAt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                control.should_training_stop = True
-            return control
-
-    return StopAt()
-
 
 def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_model_factory, mmeb_train, tmp_path):
     data, images = mmeb_train
@@ -237,7 +226,7 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_model_factory,
                           bf16=False, **changes)
 
     whole = load_file(str(tune(recipe("whole")) / "model.safetensors"))
-    tune(recipe("parts"), callbacks=[_stop_at(2)])
+    tune(recipe("parts"), callbacks=[stop_at(2)])
     assert sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir()) == ["checkpoint-2"]
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run; pass --resume"):
         tune(recipe("parts"))  # a new run would mix its checkpoints with the earlier run's

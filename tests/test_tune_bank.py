@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from training_helpers import stop_at
 
 import unime
 from unime.cli import main
@@ -57,17 +58,6 @@ def _recipe(model: Path, pairs: tuple[Path, Path, Path], out: Path, **settings) 
                 max_steps=4, save_steps=2, logging_steps=1, warmup_steps=1, bf16=False, num_hard_negatives=3)
     return BankTuneRecipe(**{**base, **settings})
 
-
-def _stop_at(step: int):
-    from transformers import TrainerCallback
-
-    class StopAt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                control.should_training_stop = True
-            return control
-
-    return StopAt()
 
 
 def _losses(out: Path) -> list[float]:
@@ -181,7 +171,7 @@ def test_the_bank_is_embedded_once_and_resume_gives_the_uninterrupted_projector(
     model = tiny_model_factory("fast_vlm")
     whole = load_file(str(run_tune_bank(_recipe(model, pairs, tmp_path / "whole")) / PROJECTOR_FILE))
     parts = _recipe(model, pairs, tmp_path / "parts")
-    run_tune_bank(parts, callbacks=[_stop_at(2)])
+    run_tune_bank(parts, callbacks=[stop_at(2)])
     cache = tmp_path / "parts" / BANK_DIR / "train.safetensors"
     stamp = cache.stat().st_mtime_ns
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
