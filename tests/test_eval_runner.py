@@ -148,3 +148,12 @@ def test_saved_scores_are_each_querys_cosines_in_data_order(suite, tmp_path):
     other = CountingModel(RandomModel())
     run_mmeb(other, data_dir, image_dir, tmp_path / "u", model_id="m", protocol=MMEBProtocol("unime"))
     assert other.total == _distinct_per_dataset(data_dir, image_dir)
+
+
+def test_an_embed_input_keys_like_its_dict():
+    from unime.evaluation.common import input_key
+    from unime.inputs import EmbedInput
+
+    assert input_key(EmbedInput(text="a dog")) == input_key({"text": "a dog"})
+    assert input_key(EmbedInput(text="q", image="/x.png", instruction="i")) == input_key(
+        {"text": "q", "image": "/x.png", "instruction": "i"})

@@ -39,7 +39,13 @@ def make_input(text: str | None, image: str | None) -> EvalInput:
 
 
 def input_key(item: EvalInput) -> str:
-    """A canonical string for an input: two inputs with the same key embed identically."""
+    """A canonical string for an input: two inputs with the same key embed identically. An
+    :class:`unime.inputs.EmbedInput` (what ``unime encode`` hands the model) keys as its dict."""
+    from unime.inputs import EmbedInput
+
+    if isinstance(item, EmbedInput):
+        item = {name: value for name in ("text", "image", "instruction")
+                if (value := getattr(item, name)) is not None}
     if isinstance(item, str):
         return json.dumps(["t", item], ensure_ascii=False)
     if isinstance(item, dict):
