@@ -19,14 +19,11 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from process_helpers import run_gloo
-from torch.multiprocessing import ProcessExitedException
 
 from unime.evaluation.encoding import CachedEncoder
 from unime.evaluation.runner import _cached_score
@@ -268,34 +265,6 @@ def distill_settings(tiny_model_factory, tmp_path_factory) -> dict:
     return settings
 
 
-def _distill_rank(rank: int, world: int, settings: dict, out: str, kill_at: int | None) -> None:
-    """One rank of a 2-process distill run inside :func:`run_gloo`'s group; rank 1 SIGKILLs itself while
-    checkpoint ``kill_at`` is being written (after rank 0 wrote the weights and optimizer into the
-    staging folder, before rank 1 wrote its RNG state)."""
-    import signal
-
-    # What torchrun would set; accelerate then joins the group run_gloo formed instead of making one.
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      OMP_NUM_THREADS="1")
-    from accelerate.state import AcceleratorState, PartialState
-    from transformers import Trainer
-
-    from unime.training.distill import DistillRecipe, run_distill
-
-    AcceleratorState._reset_state(True)  # a forked child inherits the parent's single-process state
-    PartialState._reset_state()
-    if kill_at is not None and rank == 1:
-        save_rng_state = Trainer._save_rng_state
-
-        def killed(self, output_dir: str) -> None:
-            if os.path.basename(output_dir) == f"checkpoint-{kill_at}":
-                os.kill(os.getpid(), signal.SIGKILL)
-            save_rng_state(self, output_dir)
-
-        Trainer._save_rng_state = killed
-    run_distill(DistillRecipe(output_dir=out, **settings))
-
-
 def _losses(out: Path) -> dict[int, float]:
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     return {entry["step"]: entry["loss"] for entry in log if "loss" in entry}
@@ -316,29 +285,6 @@ def _assert_same_run(out: Path, reference: Path, resumed_from: int) -> None:
     after = {step: loss for step, loss in losses.items() if step > resumed_from}
     assert after == {step: loss for step, loss in expected_losses.items() if step > resumed_from}
     assert len(set(expected_losses.values())) == 4  # the steps trained: their losses differ
-
-
-@pytest.mark.distributed
-def test_one_rank_killed_mid_checkpoint_resumes_to_the_uninterrupted_two_process_run(distill_settings, tmp_path):
-    from unime.training.distill import DistillRecipe
-
-    run_gloo(_distill_rank, (distill_settings, str(tmp_path / "whole"), None), world=2)
-    out = tmp_path / "killed"
-    start = time.monotonic()
-    with pytest.raises(ProcessExitedException, match="SIGKILL"):
-        run_gloo(_distill_rank, (distill_settings, str(out), 3), world=2)
-    # Rank 0, waiting for rank 1 at the checkpoint's barrier, is ended with it (by run_gloo, which
-    # stops the other ranks once one dies; gloo would also raise "Connection closed by peer"), not left hanging.
-    assert time.monotonic() - start < 120
-    checkpoints = out / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == [".staging", "checkpoint-1", "checkpoint-2"]
-    half = checkpoints / ".staging" / "checkpoint-3"
-    assert (half / "optimizer.pt").is_file() and not (half / CHECKPOINT_MANIFEST).exists()
-    recipe = DistillRecipe(output_dir=str(out), resume=True, **distill_settings)
-    assert resume_checkpoint(recipe) == str(checkpoints / "checkpoint-2")  # verified, the half one never taken
-    run_gloo(_distill_rank, ({**distill_settings, "resume": True}, str(out), None), world=2)
-    _assert_same_run(out, tmp_path / "whole", resumed_from=2)
-    assert not (checkpoints / ".staging").exists()
 
 
 def _full_disk_at_the_optimizer(monkeypatch) -> None:
