@@ -19,7 +19,7 @@ from training_helpers import stop_at
 import unime
 from unime.cli import main
 from unime.config import UniMEConfig
-from unime.training.align import PROJECTOR_FILE, PROJECTOR_INFO, TRAINING_LOG, run_align
+from unime.training.align import PROJECTOR_FILE, PROJECTOR_INFO, run_align
 from unime.training.caption_data import read_caption_data
 from unime.training.captioning import (
     IGNORE_INDEX,
@@ -30,6 +30,7 @@ from unime.training.captioning import (
     load_captioner,
 )
 from unime.training.recipes import AlignRecipe
+from unime.training.stage import TRAINING_LOG
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

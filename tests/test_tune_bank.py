@@ -19,10 +19,11 @@ from training_helpers import stop_at
 import unime
 from unime.cli import main
 from unime.losses.hard_negative import hard_negative_infonce
-from unime.training.align import PROJECTOR_FILE, TRAINING_LOG
+from unime.training.align import PROJECTOR_FILE
 from unime.training.bank import BANK_DIR, SUMMARY_FILE, CaptionBank, bank_losses, run_tune_bank
 from unime.training.caption_data import CaptionRow
 from unime.training.recipes import BankTuneRecipe
+from unime.training.stage import TRAINING_LOG
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

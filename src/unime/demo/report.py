@@ -185,6 +185,7 @@ def demo_figures(out: Path, models: Mapping[str, Path], matrices: Sequence[tuple
     curves and, given ``(images, [(model, top-k per image)])``, the next-token analysis, as PNG files in
     ``out``; returns {title: file name}."""
     from unime.evaluation.plots import plot_similarity, plot_training, read_training_log
+    from unime.training.stage import TRAINING_LOG
 
     figures: dict[str, str] = {}
     if next_tokens is not None:
@@ -196,8 +197,8 @@ def demo_figures(out: Path, models: Mapping[str, Path], matrices: Sequence[tuple
     if matrices:
         plot_similarity(list(matrices), out / "similarity.png")
         figures["Cross-modal cosine similarity of image-caption pairs"] = "similarity.png"
-    logs = [read_training_log(models[name] / "training_log.jsonl", label)
-            for label, name in ABLATIONS if name in models and (models[name] / "training_log.jsonl").is_file()]
+    logs = [read_training_log(models[name] / TRAINING_LOG, label)
+            for label, name in ABLATIONS if name in models and (models[name] / TRAINING_LOG).is_file()]
     if logs:
         plot_training(logs, out / "negatives.png")
         figures["Stage-2 loss and gradient norm by negative type"] = "negatives.png"

@@ -360,7 +360,9 @@ def _write_outputs(out: Path, preset: DemoPreset, scores: dict[str, ModelScores]
         {name: {key: values.tolist() for key, values in sets.items()} for name, sets in ranks.items()}) + "\n")
     matrices = [(name, model.similarity) for name, model in scores.items() if model.similarity is not None]
     figures = demo_figures(out, models, matrices, next_tokens)
-    logs = {name: folder / "training_log.jsonl" for name, folder in models.items()}
+    from unime.training.stage import TRAINING_LOG
+
+    logs = {name: folder / TRAINING_LOG for name, folder in models.items()}
     report = demo_markdown(preset.name, results, figures, logs, preset.synth, ranks=ranks)
     (out / "report.md").write_text(report, encoding="utf-8")
     return report

@@ -30,7 +30,6 @@ from transformers import Trainer, TrainingArguments
 
 from unime.io.integrity import atomic_path, write_json_atomic
 from unime.training.recipes import AlignRecipe
-from unime.training.stage import TRAINING_LOG as _TRAINING_LOG
 from unime.training.trainer import AtomicCheckpointMixin
 
 __all__ = ["AlignRecipe", "AlignTrainer", "run_align"]
@@ -40,7 +39,6 @@ logger = logging.getLogger(__name__)
 STAGE = "align"
 PROJECTOR_FILE = "projector.safetensors"
 PROJECTOR_INFO = "projector.json"
-TRAINING_LOG = _TRAINING_LOG
 
 
 class AlignTrainer(AtomicCheckpointMixin, Trainer):
