@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unime.inputs import EmbedInput
+
 #: One input of the model contract as the evaluators build it (images always as paths).
 EvalInput = str | dict[str, str]
 
@@ -41,8 +43,6 @@ def make_input(text: str | None, image: str | None) -> EvalInput:
 def input_key(item: EvalInput) -> str:
     """A canonical string for an input: two inputs with the same key embed identically. An
     :class:`unime.inputs.EmbedInput` (what ``unime encode`` hands the model) keys as its dict."""
-    from unime.inputs import EmbedInput
-
     if isinstance(item, EmbedInput):
         item = {name: value for name in ("text", "image", "instruction")
                 if (value := getattr(item, name)) is not None}
