@@ -158,6 +158,48 @@ def float32_peer(code: Path) -> Path:
     return copy
 
 
+# VLM2Vec v1's Qwen2-VL vision attention on the CPU (the sdpa class the CPU patch selects): one call
+# over all of a batch's images with a block mask, on 3-D tensors, which torch runs with its unfused
+# kernel. On a GPU, where its numbers were made, the same code runs flash-attention 2's varlen kernel:
+# each image attends within itself, with a fused kernel's float32 accumulation.
+_MASKED_VISION_ATTENTION = """        attention_mask = torch.zeros([1, seq_length, seq_length], device=q.device, dtype=torch.bool)
+        for i in range(1, len(cu_seqlens)):
+            attention_mask[..., cu_seqlens[i - 1] : cu_seqlens[i], cu_seqlens[i - 1] : cu_seqlens[i]] = True
+        q = q.transpose(0, 1)
+        k = k.transpose(0, 1)
+        v = v.transpose(0, 1)
+        attn_output = F.scaled_dot_product_attention(q, k, v, attention_mask, dropout_p=0.0)
+"""
+_PER_IMAGE_VISION_ATTENTION = """        # parity patch: each image attends within itself, one fused (4-D) call per image, as
+        # flash-attention 2's varlen kernel computes it on a GPU
+        q = q.transpose(0, 1)
+        k = k.transpose(0, 1)
+        v = v.transpose(0, 1)
+        bounds = cu_seqlens.tolist()
+        attn_output = torch.cat([
+            F.scaled_dot_product_attention(q[None, :, a:b], k[None, :, a:b], v[None, :, a:b], dropout_p=0.0)[0]
+            for a, b in zip(bounds[:-1], bounds[1:])], dim=1)
+"""
+
+
+def per_image_attention_peer(code: Path) -> Path:
+    """A copy of the peer's code whose Qwen2-VL / Qwen2.5-VL vision attention runs image by image with
+    the fused kernel, as its flash-attention-2 path does on a GPU (see above); nothing else changes."""
+    copy = code.parent / (code.name + "-per-image")
+    if not copy.exists():
+        shutil.copytree(code, copy)
+        for family in ("qwen2_vl", "qwen2_5_vl"):
+            path = copy / "src" / "vlm_backbone" / family / f"modeling_{family}.py"
+            if not path.exists():
+                continue
+            text = path.read_text()
+            if text.count(_MASKED_VISION_ATTENTION) != 1:
+                shutil.rmtree(copy)
+                raise SystemExit(f"{path}: the masked vision attention this patch replaces was not found")
+            path.write_text(text.replace(_MASKED_VISION_ATTENTION, _PER_IMAGE_VISION_ATTENTION))
+    return copy
+
+
 def transformers445_folder(model: Path, out: Path) -> Path:
     """A copy of a LLaVA-NeXT folder saved by transformers 5 in the layout transformers 4.45 reads:
     the image processor's settings in ``preprocessor_config.json`` (5 nests them in
@@ -354,6 +396,9 @@ def main() -> None:
     parser.add_argument("--transformers445-layout", action="store_true",
                         help="LLaVA-NeXT: give the peer a copy of --model in transformers 4.45's file layout "
                         "(for a peer venv pinned to the transformers VLM2Vec v1 was released with)")
+    parser.add_argument("--peer-attention", default="as-patched", choices=["as-patched", "per-image"],
+                        help="the peer's Qwen2-VL vision attention: as the CPU patch leaves it (one masked call "
+                        "over a batch's images, unfused) or per image with the fused kernel, as on a GPU")
     parser.add_argument("--family", default="qwen2_vl", choices=sorted(BACKBONE))
     parser.add_argument("--out", required=True, type=Path, help="working folder: fixture, encodings, scores, report")
     parser.add_argument("--photos", type=Path, default=PHOTOS, help="folder with dev.csv/train.csv and images/")
@@ -372,6 +417,8 @@ def main() -> None:
     peer_model = args.model
     if args.transformers445_layout:
         peer_model = str(transformers445_folder(Path(args.model), args.out / "model-445"))
+    if args.peer_attention == "per-image":
+        code = per_image_attention_peer(code)
     if args.dtype == "float32":
         code = float32_peer(code)
     if args.record_inputs:
@@ -386,6 +433,7 @@ def main() -> None:
     results = compare(python, args.out / "peer", args.out / "unime", fixture, sets)
     peer_wall, unime_wall = statistics.median(peer_walls), statistics.median(unime_walls)
     print(f"\n{args.family}, {args.dtype}, batch {args.batch_size}, {args.queries} rows a set")
+    print(f"peer code: {code} (vision attention: {args.peer_attention})")
     print("| set | queries x candidates | max abs score diff | argmax agreement | P@1 VLM2Vec | P@1 unime |")
     print("|---|---|---|---|---|---|")
     for r in results:
@@ -394,7 +442,7 @@ def main() -> None:
     print(f"\nwall (median of {args.runs}): VLM2Vec eval.py {peer_wall:.1f} s, unime eval mmeb {unime_wall:.1f} s, "
           f"ratio {peer_wall / unime_wall:.2f}x")
     report = {"family": args.family, "dtype": args.dtype, "batch_size": args.batch_size, "queries": args.queries,
-              "sets": results, "wall_peer_s": peer_walls, "wall_unime_s": unime_walls}
+              "peer_code": str(code), "peer_attention": args.peer_attention, "sets": results, "wall_peer_s": peer_walls, "wall_unime_s": unime_walls}
     (args.out / "parity.json").write_text(json.dumps(report, indent=1))
 
 

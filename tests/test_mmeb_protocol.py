@@ -383,7 +383,7 @@ def test_vlm2vec_protocol_rounds_the_buffers_as_model_to_bfloat16_does(tiny_mode
     model = unime.load(str(tiny_model_factory("qwen2_vl")), dtype="bfloat16")
     inv_freq = [b for n, b in model.named_buffers() if n.endswith("inv_freq")]
     assert inv_freq and all(b.dtype == torch.float32 for b in inv_freq)  # as transformers loads it
-    inputs = [{"text": "<|image_1|> Represent the given image\n", "image": images[0]}, "a dog", "two cats on a mat"]
+    inputs = ["a dog", "two cats on a mat"]  # text rows: the vision rotary is the next test's
     cast = copy.deepcopy(model).to(torch.bfloat16)  # what VLM2Vec's eval.py does to its model
     with cast.using_format(vlm2vec_format("qwen2_vl", "low")):
         expected = cast.encode(inputs, batch_size=1)
@@ -395,6 +395,33 @@ def test_vlm2vec_protocol_rounds_the_buffers_as_model_to_bfloat16_does(tiny_mode
     with model.using_format(vlm2vec_format("qwen2_vl", "low")):
         unrounded = model.encode(inputs, batch_size=1)
     assert np.abs(unrounded - ours).max() > 0  # the rounding is visible in bf16
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_vlm2vec_protocol_forms_the_vision_rotary_angles_in_bfloat16_as_vlm2vecs_tower(tiny_model_factory, images,
+                                                                                      family):
+    """VLM2Vec's vendored tower, once cast to bf16: ``torch.outer(arange(n, bf16), inv_freq_bf16)``,
+    indexed by each patch's (row, column), then cos / sin in bf16. transformers multiplies in float32."""
+    from unime.evaluation.mmeb import MMEBProtocol, using_protocol
+
+    model = unime.load(str(tiny_model_factory(family)), dtype="bfloat16")
+    rotary = next(m for m in model.modules() if type(m).__name__.endswith("VisionRotaryEmbedding"))
+    rows, columns = torch.meshgrid(torch.arange(300), torch.arange(7), indexing="ij")
+    positions = torch.stack([rows.flatten(), columns.flatten()], dim=-1)  # beyond 256: bf16 rounds positions too
+    x = torch.zeros(1, dtype=torch.bfloat16)
+    table = torch.outer(torch.arange(300, dtype=torch.bfloat16), rotary.inv_freq.to(torch.bfloat16))
+    angles = table[positions].flatten(1)
+    expected_cos = angles.cos().repeat(1, 2).float()
+    expected_sin = angles.sin().repeat(1, 2).float()
+    before = rotary(x, positions)
+    with using_protocol(model, MMEBProtocol("vlm2vec", image_resolution="low")):
+        cos, sin = rotary(x, positions)
+        assert torch.equal(cos.float(), expected_cos) and torch.equal(sin.float(), expected_sin)
+        with model.using_format(vlm2vec_format(family, "low")):
+            model.encode([{"text": "<|image_1|> Represent the given image\n", "image": images[0]}], batch_size=1)
+    after = rotary(x, positions)  # transformers' own forward again
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert not torch.equal(before[0].float(), expected_cos)  # float32 angles differ from the rounded ones
 
 
 def test_vlm2vec_protocol_pads_on_the_side_the_folders_tokenizer_loads_with(tiny_model_copy):

@@ -167,11 +167,18 @@ def using_protocol(model: Any, protocol: MMEBProtocol | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def vlm2vec_buffers(model: Any) -> Iterator[None]:
-    """Floating-point buffers in the weights' half precision while the block runs, as VLM2Vec v1's
-    ``model.to(dtype=torch.bfloat16)`` leaves them: its RoPE frequencies (``inv_freq``) are then
-    rounded to bf16, and every position's angle with them. A model loaded in bf16 by transformers
-    keeps those buffers in float32, which moves the scores by up to a few 1e-3 on the same inputs.
-    A float32 model is left as it is; the buffers are restored afterwards."""
+    """Rotary arithmetic in the weights' half precision while the block runs, as VLM2Vec v1 computes
+    it in bf16 (on a GPU as on a CPU):
+
+    - floating-point buffers are rounded as its ``model.to(dtype=torch.bfloat16)`` leaves them: the
+      RoPE frequencies (``inv_freq``), and with them every position's angle. A model loaded in bf16
+      by transformers keeps those buffers in float32.
+    - the Qwen2-VL / Qwen2.5-VL vision towers' angles are formed in bf16, as VLM2Vec's vendored tower
+      does (``torch.outer`` of a bf16 position and a bf16 frequency, then ``cos``/``sin`` in bf16),
+      where transformers multiplies in float32 (:func:`_half_precision_vision_rotary`).
+
+    Each moves the scores by up to a few 1e-3 on the same inputs. A float32 model is left as it is;
+    everything is restored afterwards."""
     import torch
 
     dtype = getattr(model, "dtype", None)
@@ -179,16 +186,47 @@ def vlm2vec_buffers(model: Any) -> Iterator[None]:
         yield
         return
     saved = []
+    rotaries = []
     for module in model.modules():
         for name, buffer in list(module._buffers.items()):
             if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
                 saved.append((module, name, buffer))
                 module._buffers[name] = buffer.to(dtype)
+        if _is_axial_vision_rotary(module):
+            rotaries.append(module)
+            module.forward = _half_precision_vision_rotary(module, dtype)
     try:
         yield
     finally:
         for module, name, buffer in saved:
             module._buffers[name] = buffer
+        for module in rotaries:
+            del module.forward  # the class's forward again
+
+
+def _is_axial_vision_rotary(module: Any) -> bool:
+    """The axial 2-D rotary of a Qwen2-VL-style vision tower (transformers' ``Qwen2VLVision-`` and
+    ``Qwen2_5_VLVisionRotaryEmbedding``)."""
+    return (type(module).__name__.endswith("VisionRotaryEmbedding") and hasattr(module, "inv_freq")
+            and hasattr(module, "recomposition_frequencies"))
+
+
+def _half_precision_vision_rotary(module: Any, dtype: Any) -> Any:
+    """``module``'s forward with the angles formed and their cos / sin taken in ``dtype``, as VLM2Vec's
+    vendored Qwen2-VL vision tower computes them once its model is cast to bf16 (the product of a
+    position and a frequency is rounded, then its cosine): same layout as transformers' forward."""
+    import torch
+
+    @torch.no_grad()
+    def forward(x: Any, position_ids: Any) -> tuple[Any, Any]:
+        freqs = position_ids[..., None].to(dtype) * module.inv_freq.to(device=x.device, dtype=dtype)
+        scaling = module.attention_scaling
+        cos, sin = freqs.cos(), freqs.sin()
+        if scaling != 1.0:
+            cos, sin = cos * scaling, sin * scaling
+        return module.recomposition_frequencies(cos), module.recomposition_frequencies(sin)
+
+    return forward
 
 
 @dataclass
