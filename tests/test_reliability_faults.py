@@ -7,7 +7,7 @@
   any damaged file loaded turns this red.
 - In-process cases of the same rules: every checkpoint and cache file is checked against the size
   and SHA-256 recorded when it was written.
-- Two faults the harness does not reach, on a small stage-1 run: one rank of a 2-process (gloo) run
+- Two faults the harness does not reach, on a small stage-1 run: one rank of a 2-process torchrun job (slow)
   SIGKILLed while a checkpoint is written, and a full disk (ENOSPC) during a checkpoint write; each
   resumed to the uninterrupted run's weights and losses, bit for bit.
 """
@@ -285,6 +285,62 @@ def _assert_same_run(out: Path, reference: Path, resumed_from: int) -> None:
     after = {step: loss for step, loss in losses.items() if step > resumed_from}
     assert after == {step: loss for step, loss in expected_losses.items() if step > resumed_from}
     assert len(set(expected_losses.values())) == 4  # the steps trained: their losses differ
+
+
+# One rank of a torchrun job: runs the distill recipe given as JSON; with UNIME_TEST_KILL_AT=N, rank 1
+# SIGKILLs itself while checkpoint N is written (after rank 0 wrote the weights and optimizer into the
+# staging folder, before rank 1 wrote its RNG state).
+_KILLED_RANK_LAUNCHER = """
+import json, os, signal, sys
+from transformers import Trainer
+from unime.training.distill import DistillRecipe, run_distill
+
+kill_at = os.environ.get("UNIME_TEST_KILL_AT")
+if kill_at and os.environ["RANK"] == "1":
+    save_rng_state = Trainer._save_rng_state
+
+    def killed(self, output_dir):
+        if os.path.basename(output_dir) == "checkpoint-" + kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        save_rng_state(self, output_dir)
+
+    Trainer._save_rng_state = killed
+run_distill(DistillRecipe(**json.loads(sys.argv[1])))
+"""
+
+
+def _torchrun_distill(tmp_path: Path, settings: dict, out: Path, kill_at: int | None) -> subprocess.CompletedProcess:
+    launcher = tmp_path / "launch_distill.py"
+    launcher.write_text(_KILLED_RANK_LAUNCHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "UNIME_TEST_KILL_AT": str(kill_at or "")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(launcher), json.dumps({**settings, "output_dir": str(out)})]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_one_rank_killed_mid_checkpoint_resumes_to_the_uninterrupted_two_process_run(distill_settings, tmp_path):
+    """Two ranks under torchrun; rank 1 is SIGKILLed while checkpoint 3 is being written. torchrun ends
+    the job (rank 0 waits at the checkpoint's barrier and is stopped with it), checkpoint 3 is left
+    half-written in the staging folder, and the resumed job ends bit-identical to an uninterrupted one."""
+    from unime.training.distill import DistillRecipe
+
+    whole = _torchrun_distill(tmp_path, distill_settings, tmp_path / "whole", None)
+    assert whole.returncode == 0, whole.stderr[-12000:]
+    out = tmp_path / "killed"
+    killed = _torchrun_distill(tmp_path, distill_settings, out, 3)
+    assert killed.returncode != 0
+    assert "SIGKILL" in killed.stderr or "Signals.SIGKILL" in killed.stderr, killed.stderr[-12000:]
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [".staging", "checkpoint-1", "checkpoint-2"]
+    half = checkpoints / ".staging" / "checkpoint-3"
+    assert (half / "optimizer.pt").is_file() and not (half / CHECKPOINT_MANIFEST).exists()
+    recipe = DistillRecipe(output_dir=str(out), resume=True, **distill_settings)
+    assert resume_checkpoint(recipe) == str(checkpoints / "checkpoint-2")  # verified; the half one never taken
+    resumed = _torchrun_distill(tmp_path, {**distill_settings, "resume": True}, out, None)
+    assert resumed.returncode == 0, resumed.stderr[-12000:]
+    _assert_same_run(out, tmp_path / "whole", resumed_from=2)
+    assert not (checkpoints / ".staging").exists()
 
 
 def _full_disk_at_the_optimizer(monkeypatch) -> None:
