@@ -16,7 +16,7 @@ import torch
 from process_helpers import run_gloo
 from safetensors.torch import load_file, save_file
 
-from unime.losses import HardNegativeInfoNCELoss, SimilarityKLLoss, gather_with_grad
+from unime.losses import HardNegativeInfoNCELoss, SimilarityKLLoss, SoftLabelKLLoss, gather_with_grad
 
 QUERIES = [
     "a dog runs on the beach",
@@ -72,12 +72,39 @@ CASES = {
         ),
         (QUERIES, POSITIVES, NEGATIVES),
     ),
+    # UniME-V2's soft-label loss (its labels: judge scores of each row's positive and negative), alone
+    # and with UniME's InfoNCE added on the same embeddings.
+    "sl": (lambda model: SoftLabelKLLoss(model, temperature=0.05), (QUERIES, POSITIVES, NEGATIVES)),
+    "sl_cached": (lambda model: SoftLabelKLLoss(model, temperature=0.05, mini_batch_size=3),
+                  (QUERIES, POSITIVES, NEGATIVES)),
+    "sl_both": (
+        lambda model: SoftLabelKLLoss(model, temperature=0.05, infonce_weight=0.5, infonce_temperature=0.05,
+                                      num_hard_negatives=3, false_negative_margin=0.01),
+        (QUERIES, POSITIVES, NEGATIVES),
+    ),
+    "sl_both_cached": (
+        lambda model: SoftLabelKLLoss(model, temperature=0.05, infonce_weight=0.5, infonce_temperature=0.05,
+                                      num_hard_negatives=3, false_negative_margin=0.01, mini_batch_size=2),
+        (QUERIES, POSITIVES, NEGATIVES),
+    ),
 }
 
 
 def _teacher(columns: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(5)
     return torch.randn(len(QUERIES), columns, TEACHER_DIM, generator=generator, dtype=torch.float64)
+
+
+def _judge() -> torch.Tensor:
+    """Judge scores (yes-probabilities) of each row's (positive, negative)."""
+    generator = torch.Generator().manual_seed(6)
+    return torch.rand(len(QUERIES), 2, generator=generator, dtype=torch.float64)
+
+
+def _labels(name: str, columns: int) -> torch.Tensor | None:
+    if name.startswith("kl"):
+        return _teacher(columns)
+    return _judge() if name.startswith("sl") else None
 
 
 def _build_tiny_model(folder: Path) -> None:
@@ -124,7 +151,8 @@ def _run_case(name: str, model, loss_model, rows: slice, key: str | None = None)
     factory, columns = CASES[name]
     loss_fn = factory(loss_model)
     features = [model.preprocess(column[rows]) for column in columns]
-    labels = _teacher(len(columns))[rows] if name.startswith("kl") else None
+    labels = _labels(name, len(columns))
+    labels = labels[rows] if labels is not None else None
     model.zero_grad(set_to_none=True)
     loss = loss_fn(features, labels)
     loss.backward()
@@ -162,7 +190,7 @@ def _worker(rank: int, world: int, model_dir: str, out_dir: str) -> None:
     half = len(QUERIES) // world
     for name in CASES:
         results.update(_run_case(name, model, ddp, slice(rank * half, (rank + 1) * half)))
-    for name in ("kl", "hn"):
+    for name in ("kl", "hn", "sl", "sl_both"):
         results.update(_run_case(name, model, ddp, UNEVEN_ROWS[rank], key=f"uneven-{name}"))
     save_file(results, str(Path(out_dir) / f"rank{rank}.safetensors"))
 
@@ -197,7 +225,8 @@ def _grads(results: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tenso
     return {key[len(prefix) :]: value for key, value in results.items() if key.startswith(prefix)}
 
 
-@pytest.mark.parametrize(("cached", "plain"), [("kl_cached", "kl"), ("hn_cached", "hn")])
+@pytest.mark.parametrize(("cached", "plain"), [("kl_cached", "kl"), ("hn_cached", "hn"), ("sl_cached", "sl"),
+                                              ("sl_both_cached", "sl_both")])
 def test_gradcache_matches_the_plain_forward(single_process, cached, plain):
     assert single_process[f"{cached}/loss"].item() == pytest.approx(
         single_process[f"{plain}/loss"].item(), abs=1e-12
@@ -237,7 +266,7 @@ def test_two_processes_match_one_process(two_processes, single_process, name):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("name", ["kl", "hn"])
+@pytest.mark.parametrize("name", ["kl", "hn", "sl", "sl_both"])
 def test_uneven_shards_match_one_process(two_processes, single_process, name):
     # Rank 0 holds 5 rows and rank 1 holds 3: each rank's loss is (W / N) * its sum of row losses,
     # so the plain mean of each shard would weigh rank 1's rows 5/3 times too much.

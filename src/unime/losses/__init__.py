@@ -3,6 +3,7 @@
 - :func:`similarity_kl` / :class:`SimilarityKLLoss`: stage 1, textual knowledge distillation.
 - :func:`hard_negative_infonce` / :class:`HardNegativeInfoNCELoss`: stage 2, InfoNCE with false-negative
   filtering and hard-negative mining (:func:`mine_negatives`).
+- :func:`soft_label_kl` / :class:`SoftLabelKLLoss`: UniME-V2's soft-label loss (judge scores as targets).
 - :func:`gather_with_grad`: the one cross-device gather the losses use.
 """
 
@@ -18,6 +19,7 @@ from unime.losses.hard_negative import (
     mining_statistics,
 )
 from unime.losses.similarity_kl import DIRECTIONS, LITERAL_FORM, SimilarityKLLoss, similarity_kl
+from unime.losses.soft_label import SoftLabelKLLoss, soft_label_kl, soft_label_kl_rows
 
 __all__ = [
     "DIRECTIONS",
@@ -26,10 +28,13 @@ __all__ = [
     "HardNegativeInfoNCELoss",
     "MiningResult",
     "SimilarityKLLoss",
+    "SoftLabelKLLoss",
     "gather_with_grad",
     "global_mean",
     "hard_negative_infonce",
     "mine_negatives",
     "mining_statistics",
     "similarity_kl",
+    "soft_label_kl",
+    "soft_label_kl_rows",
 ]
