@@ -21,6 +21,7 @@ _COMMANDS = (
     "teacher_embed",
     "stages",
     "caption",
+    "judge",
     "eval",
     "plot",
     "serve",

@@ -1,0 +1,177 @@
+"""UniME-V2's MLLM judge: its prompt, its score from the model's own logits, judge files read, written and
+resumed, and the ``unime judge`` command, on the seeing default's aligned base (SmolLM2's tokenizer has
+"Yes" and "No" as single tokens; the tiny random models' tokenizers do not, which is the refusal case)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unime.data.photos import SHIPPED_PHOTOS
+from unime.judge import JUDGE_INSTRUCTION, Judge, judge_content, judge_file, read_judge_file
+
+
+def _photos(count: int) -> list[str]:
+    with open(SHIPPED_PHOTOS / "dev.csv", newline="") as handle:
+        names = sorted({row["image"] for row in csv.DictReader(handle)})
+    return names[:count]
+
+
+def _row(query_image: str, pos_text: str, negatives: list[list[str]], **scores) -> dict:
+    return {"query_text": "<|image_1|>\nRepresent the given image with the following question: what happens?",
+            "query_image": query_image, "pos_text": pos_text, "pos_image": "", "hard_negatives": negatives, **scores}
+
+
+@pytest.fixture(scope="module")
+def judge(default_dir) -> Judge:
+    return Judge(default_dir)
+
+
+def test_the_judge_content_is_uniME_V2s_user_turn():
+    content, images = judge_content(("<|image_1|>\nWhat is in the image?", "q.jpg"), ("a dog", None), "<image>")
+    assert content == JUDGE_INSTRUCTION + "Query:<image>What is in the image?Candidate:a dog"
+    assert images == ["q.jpg"]
+    content, images = judge_content(("a red car", ""), ("", "c.jpg"), "<IMG>")
+    assert content == JUDGE_INSTRUCTION + "Query:a red carCandidate:<IMG>"
+    assert images == ["c.jpg"]
+
+
+def test_the_score_is_the_yes_probability_of_the_next_token(judge):
+    photo = str(SHIPPED_PHOTOS / "images" / _photos(1)[0])
+    pair = (("", photo), ("A dog runs on the grass .", ""))
+    text, images = judge.prompt(*pair)
+    assert text.startswith("<|im_start|>user\n" + JUDGE_INSTRUCTION + "Query:<image>")
+    assert text.endswith("Candidate:A dog runs on the grass .<|im_end|>\n<|im_start|>assistant\n")
+    from unime.inputs import load_image
+
+    captioner = judge.captioner
+    features = captioner.processor(text=[text], images=[load_image(photo, "test")], return_tensors="pt")
+    with torch.no_grad():
+        logits = captioner.model(**features).logits[0, -1].float()
+    expected = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=0)[0].item()
+    assert judge.score([pair])[0] == pytest.approx(expected, abs=1e-6)
+    assert captioner.tokenizer.convert_ids_to_tokens([judge.yes_id, judge.no_id]) == ["Yes", "No"]
+
+
+def test_a_batch_of_mixed_pairs_scores_as_each_pair_alone(judge):
+    first, second = (str(SHIPPED_PHOTOS / "images" / name) for name in _photos(2))
+    pairs = [(("", first), ("A dog is running .", "")), (("a dog runs in a field", ""), ("", second)),
+             (("two cats", ""), ("a cat sleeps on a long red sofa in the sun", "")), (("", first), ("", second))]
+    batched = judge.score(pairs, batch_size=4)
+    alone = [judge.score([pair], batch_size=1)[0] for pair in pairs]
+    assert batched == pytest.approx(alone, abs=1e-5)
+    assert all(0.0 < s < 1.0 for s in batched) and len(set(round(s, 6) for s in batched)) == 4
+
+
+def test_a_tokenizer_without_single_yes_and_no_tokens_is_refused(tiny_model_factory):
+    with pytest.raises(ValueError, match=r"splits 'Yes' into 2 tokens \['Y', 'es'\]"):
+        Judge(tiny_model_factory("llava"))
+
+
+def test_released_judge_files_read_as_they_are(tmp_path):
+    # One row as UniME-V2's train_data_Qwen25VL_7B_scores.json holds it (field names, pairs, scores).
+    row = {"query_text": "<|image_1|>\nRepresent the given image with the following question: What is the dog doing?",
+           "query_image": "images/OK-VQA/000001.jpg", "pos_text": "playing fetch", "pos_image": "",
+           "query_pos_scores": 0.9912, "hard_negatives": [["swimming", ""], ["sleeping", ""]],
+           "hard_negatives_scores": [0.0213, 0.0005]}
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps([row]))
+    [parsed] = read_judge_file(path)
+    assert parsed.query == (row["query_text"], row["query_image"]) and parsed.positive == ("playing fetch", "")
+    assert parsed.negatives == [("swimming", ""), ("sleeping", "")]
+    assert parsed.positive_score == 0.9912 and parsed.negative_scores == [0.0213, 0.0005]
+    assert parsed.to_json() == row
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ({"query_text": "q"}, "a JSON list"),
+    ([{"query_text": "q", "query_image": "", "pos_text": "p", "pos_image": ""}], "row 0: missing hard_negatives"),
+    ([_row("a.jpg", "p", [["n", ""]]), _row("a.jpg", "p", [["n"]])], "row 1: hard_negatives must be a list"),
+    ([_row("a.jpg", "p", [["n", ""]], hard_negatives_scores=[0.1, 0.2])], "one score per hard negative"),
+    ([_row("a.jpg", "p", [["n", ""]], query_pos_scores=float("nan"))], "query_pos_scores: expected a finite"),
+    ([{**_row("", "p", []), "query_text": ""}], "row 0: the query and the positive each need"),
+])
+def test_bad_judge_files_name_the_row_and_field(tmp_path, rows, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=message):
+        read_judge_file(path)
+
+
+def test_unime_judge_writes_the_scores_and_resumes_after_a_stop(judge, default_dir, tmp_path, monkeypatch):
+    from unime.cli import main
+
+    names = _photos(3)
+    rows = [_row(names[0], "A dog runs .", [["A man cooks .", ""], ["", names[1]]]),
+            _row(names[1], "Two people walk .", [["A cat sleeps .", ""], ["A boat sails .", ""]]),
+            _row(names[2], "A child plays .", [["", names[0]], ["A red car .", ""]])]
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps(rows))
+    root = str(SHIPPED_PHOTOS / "images")
+    whole = judge_file(judge, data, tmp_path / "whole.json", image_root=root, batch_size=3)
+    expected = read_judge_file(whole)
+    first = expected[0]
+    pairs = [((rows[0]["query_text"], f"{root}/{names[0]}"), ("A dog runs .", None)),
+             ((rows[0]["query_text"], f"{root}/{names[0]}"), ("A man cooks .", None)),
+             ((rows[0]["query_text"], f"{root}/{names[0]}"), ("", f"{root}/{names[1]}"))]
+    assert [first.positive_score, *first.negative_scores] == pytest.approx(judge.score(pairs), abs=1e-6)
+
+    # A stop after the first row's scores were saved; the command run again scores rows 2 and 3 only.
+    calls = []
+    score = Judge.score
+
+    def stopping(self, pairs, batch_size=8):
+        calls.append(len(pairs))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return score(self, pairs, batch_size)
+
+    monkeypatch.setattr(Judge, "score", stopping)
+    out = tmp_path / "scored.json"
+    command = ["judge", "--model", str(default_dir), "--data", str(data), "--output", str(out),
+               "--image-root", root, "--batch-size", "3", "--save-every", "1"]
+    with pytest.raises(KeyboardInterrupt):
+        main(command)
+    assert not out.exists() and (tmp_path / "scored.json.partial.json").exists()
+    calls.clear()
+    monkeypatch.setattr(Judge, "score", lambda self, pairs, batch_size=8: (calls.append(len(pairs)), score(self, pairs, batch_size))[1])
+    assert main(command) == 0
+    assert calls == [3, 3]
+    got = read_judge_file(out)
+    for a, b in zip(got, expected, strict=True):
+        assert [a.positive_score, *a.negative_scores] == pytest.approx([b.positive_score, *b.negative_scores], abs=1e-6)
+    assert not (tmp_path / "scored.json.partial.json").exists()
+
+
+def test_a_partial_file_of_other_data_is_refused(judge, tmp_path):
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps([_row(_photos(1)[0], "A dog runs .", [["A man cooks .", ""]])]))
+    (tmp_path / "out.json.partial.json").write_text(json.dumps({"data": "/elsewhere.json", "rows": 5, "scores": {}}))
+    with pytest.raises(ValueError, match="partial scores of another data file"):
+        judge_file(judge, data, tmp_path / "out.json", image_root=str(SHIPPED_PHOTOS / "images"))
+
+
+def test_the_cli_names_a_bad_file_before_loading_the_model(default_dir, tmp_path, capsys, monkeypatch):
+    from unime.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{]")
+    monkeypatch.setattr(Judge, "__init__", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["judge", "--model", str(default_dir), "--data", str(bad), "--output", str(tmp_path / "o.json")]) == 2
+    assert f"unime judge: error: {bad}: not a readable JSON judge file" in capsys.readouterr().err
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([_row("a.jpg", "p", [])]))
+    (tmp_path / "o.json").write_text("[]")
+    assert main(["judge", "--model", str(default_dir), "--data", str(good), "--output", str(tmp_path / "o.json")]) == 2
+    assert "o.json exists (overwrite to replace it)" in capsys.readouterr().err
+
+
+def test_paths_stay_as_given_without_an_image_root(tmp_path):
+    row = _row("/abs/photo.jpg", "p", [])
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([row]))
+    assert read_judge_file(Path(path))[0].query[1] == "/abs/photo.jpg"
