@@ -261,3 +261,83 @@ def test_qlora_and_full_tuning_run_and_save_a_loadable_model(tuning, tiny_model_
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any("language_model" in k and "q_proj.weight" in k for k in changed), changed
     assert all(before[k].dtype == after[k].dtype for k in before)
+
+
+# ----------------------------------------------------------------------------- UniME-V2: judge-file training
+
+
+@pytest.fixture
+def judge_rows(tmp_path) -> tuple[Path, Path]:
+    """A scored judge file of 8 rows (image query -> answer, 2 hard negatives each, one of them an image)."""
+    images = tmp_path / "images"
+    for i in range(8):
+        _png(images / f"{i}.png", 10 + i)
+    rows = [{"query_text": f"<|image_1|>\nRepresent the given image with the following question: what is {i}?",
+             "query_image": f"{i}.png", "pos_text": f"answer {i}", "pos_image": "", "query_pos_scores": 0.9,
+             "hard_negatives": [[f"answer {(i + 1) % 8}", ""], ["", f"{(i + 2) % 8}.png"]],
+             "hard_negatives_scores": [0.3 + 0.05 * i, 0.1]} for i in range(8)]
+    path = tmp_path / "judged.json"
+    path.write_text(json.dumps(rows))
+    return path, images
+
+
+def _judge_flags(judge: Path, images: Path, out: Path, loss: str) -> list[str]:
+    return ["--loss", loss, "--judge-file", str(judge), "--judge-negatives", "2", "--image-root", str(images),
+            "--output-dir", str(out), "--batch-size", "4", "--mini-batch-size", "2", "--num-hard-negatives", "2",
+            "--image-size", "32", "--max-steps", "2", "--save-steps", "2", "--no-bf16"]
+
+
+@pytest.mark.parametrize("loss", ["unime-v2", "both"])
+def test_cli_tunes_on_a_judge_file_with_the_soft_label_loss(stage1_model, judge_rows, tmp_path, capsys, loss):
+    from unime import cli
+
+    judge, images = judge_rows
+    out = tmp_path / loss
+    assert cli.main(["tune", "--config", "tune-cpu", "--model", str(stage1_model),
+                     *_judge_flags(judge, images, out, loss)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert unime.load(str(out)).unime_config.stages == ["distill", "tune"]
+    summary = json.loads((out / "tune_data.json").read_text())
+    assert summary["datasets"]["judge"] == {"rows": 8, "skipped": 0, "hard_negatives": 2, "judge_scores": True}
+    state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    steps = [entry for entry in state["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in steps] == [1, 2]
+    for entry in steps:
+        assert entry["soft_label_kl"] > 0 and ("infonce" in entry) == (loss == "both")
+        if loss == "unime-v2":
+            assert entry["loss"] == pytest.approx(entry["soft_label_kl"], rel=1e-3)
+
+
+def test_the_collator_gives_the_judge_scores_as_labels(judge_rows):
+    from unime.training.judge_data import judge_row_inputs, load_judge_train
+
+    judge, images = judge_rows
+    data = load_judge_train(judge, images, negatives=2)
+    row = judge_row_inputs(data.datasets["judge"][3])
+    assert list(row) == ["query", "positive", "negative_1", "negative_2", "label"]
+    assert row["label"] == pytest.approx([0.9, 0.45, 0.1])
+    assert row["negative_2"].image is not None and row["negative_1"].text == "answer 4"
+
+
+def test_judge_training_refuses_what_it_cannot_train_on(judge_rows, tmp_path):
+    from unime.training.judge_data import load_judge_train
+
+    judge, images = judge_rows
+    with pytest.raises(ValueError, match="loss unime-v2 trains on judge scores: give judge_file"):
+        TuneRecipe(loss="unime-v2")
+    with pytest.raises(ValueError, match="judge_file is read by loss unime-v2 or both"):
+        TuneRecipe(judge_file=str(judge))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        TuneRecipe(loss="v3", judge_file=str(judge))
+    with pytest.raises(ValueError, match=r"row 0: 2 hard negatives, fewer than the 3 asked"):
+        load_judge_train(judge, images, negatives=3)
+    rows = json.loads(judge.read_text())
+    del rows[5]["query_pos_scores"]
+    unscored = tmp_path / "unscored.json"
+    unscored.write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match="row 5: no judge scores .* unime judge first"):
+        load_judge_train(unscored, images, negatives=2)
+    assert load_judge_train(unscored, images, negatives=2, skip_bad_rows=True).skipped == {"judge": 1}
+    (images / "0.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"row 0: image .*0.png not found"):
+        load_judge_train(judge, images, negatives=2)

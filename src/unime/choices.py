@@ -16,6 +16,8 @@ ALIGN_SCOPES = ("projector",)
 DIRECTIONS = ("student_teacher", "teacher_student")
 # Stage 2 negative selection (unime.losses.hard_negative; "random", "easy", "all": the ablations).
 NEGATIVE_MODES = ("hard", "random", "easy", "all")
+# The stage-2 objective: UniME's hard-negative InfoNCE, UniME-V2's soft-label KL, or their sum.
+LOSSES = ("unime", "unime-v2", "both")
 # How stage-2 rows reach the model (unime.formats.STYLES): the raw text or the model's prompts.
 INPUT_STYLES = ("raw", "prompted")
 # Order of the stage-2 data sets' batches (unime.training.mmeb_data).

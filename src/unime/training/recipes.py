@@ -30,6 +30,7 @@ from unime.choices import (
     CACHE_DTYPES,
     DIRECTIONS,
     INPUT_STYLES,
+    LOSSES,
     LR_SCHEDULERS,
     NEGATIVE_MODES,
     SAMPLING,
@@ -370,10 +371,29 @@ class TuneRecipe(TrainRecipe):
     gather_across_devices: bool = setting(True, "mine the negatives from the global batch of all ranks")
     deepspeed: str | None = setting(None, "DeepSpeed JSON config, a path or a packaged name (deepspeed-zero2); "
                                     "needs --mini-batch-size 0")
+    loss: str = setting("unime", "the objective: unime (hard-negative InfoNCE), unime-v2 (UniME-V2's soft-label KL "
+                        "against a judge's scores; needs --judge-file) or both (their sum, the InfoNCE weighted by "
+                        "--infonce-weight)", choices=LOSSES)
+    judge_file: str | None = setting(None, "UniME-V2 judge file (unime judge's output, or a released "
+                                     "train_data_*_scores.json): the training rows and their judge scores, read "
+                                     "instead of --data for --loss unime-v2 / both")
+    judge_negatives: int = setting(8, "hard negatives per judge-file row (UniME-V2: 8)")
+    soft_label_temperature: float = setting(0.02, "temperature of the soft-label loss (UniME-V2's scripts: 0.02)")
+    infonce_weight: float = setting(1.0, "weight of the InfoNCE term with --loss both")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("sampling", self.sampling, SAMPLING)
+        check_choice("loss", self.loss, LOSSES)
+        if self.loss != "unime" and not self.judge_file:
+            raise ValueError(f"loss {self.loss} trains on judge scores: give judge_file (--judge-file)")
+        if self.judge_file and self.loss == "unime":
+            raise ValueError("judge_file is read by loss unime-v2 or both; loss unime trains on data (--data)")
+        check_positive("judge_negatives", self.judge_negatives)
+        if not isinstance(self.soft_label_temperature, (int, float)) or not self.soft_label_temperature > 0:
+            raise ValueError(f"soft_label_temperature must be positive, got {self.soft_label_temperature!r}")
+        if not isinstance(self.infonce_weight, (int, float)) or not self.infonce_weight >= 0:
+            raise ValueError(f"infonce_weight must be a non-negative number, got {self.infonce_weight!r}")
         check_choice("negatives", self.negatives, NEGATIVE_MODES)
         check_choice("input_format", self.input_format, INPUT_STYLES)
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
@@ -397,7 +417,7 @@ class TuneRecipe(TrainRecipe):
 
     def check_runnable(self) -> None:
         """The settings a run needs that no default can give, named as the CLI flags."""
-        self.require("model", "data", "image_root", "output_dir")
+        self.require("model", "judge_file" if self.loss != "unime" else "data", "image_root", "output_dir")
 
     def check_gradcache_deepspeed(self, deepspeed: bool = False) -> None:
         """The one rule for GradCache (``mini_batch_size``) with DeepSpeed, applied when the recipe is

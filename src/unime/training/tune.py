@@ -7,6 +7,10 @@ filtered with a margin, the k hardest survivors as negatives, InfoNCE with tempe
 gathered across devices and mined from the global batch, on sentence-transformers' GradCache engine
 when ``mini_batch_size`` is set. Each log line carries the loss, the gradient norm, the share of
 candidates dropped as false negatives and the mean similarity of the chosen negatives.
+
+``loss: unime-v2`` trains instead on a judge file (:mod:`unime.training.judge_data`) with UniME-V2's
+soft-label loss (:class:`~unime.losses.SoftLabelKLLoss`); ``loss: both`` adds the InfoNCE term on
+the same embeddings.
 """
 
 from __future__ import annotations
@@ -77,8 +81,19 @@ def check_batchable(data: Any, recipe: TuneRecipe) -> None:
 
 
 def build_loss(model: Any, recipe: TuneRecipe) -> Any:
-    from unime.losses import HardNegativeInfoNCELoss
+    from unime.losses import HardNegativeInfoNCELoss, SoftLabelKLLoss
 
+    if recipe.loss != "unime":
+        return SoftLabelKLLoss(
+            model,
+            temperature=recipe.soft_label_temperature,
+            infonce_weight=recipe.infonce_weight if recipe.loss == "both" else 0.0,
+            infonce_temperature=recipe.temperature,
+            num_hard_negatives=recipe.num_hard_negatives,
+            false_negative_margin=recipe.false_negative_margin,
+            mini_batch_size=recipe.mini_batch_size,
+            gather_across_devices=recipe.gather_across_devices,
+        )
     return HardNegativeInfoNCELoss(
         model,
         temperature=recipe.temperature,
@@ -105,7 +120,12 @@ def build_trainer(model: Any, data: Any, recipe: TuneRecipe, callbacks: list[Any
     if recipe.deepspeed:
         extra["deepspeed"] = resolve_deepspeed(recipe.deepspeed)
     args = training_arguments(recipe, **extra)
-    collator = MMEBTrainCollator(preprocess_fn=model.preprocess, skip_bad_rows=recipe.skip_bad_rows)
+    if recipe.loss != "unime":
+        from unime.training.judge_data import JudgeTrainCollator
+
+        collator = JudgeTrainCollator(preprocess_fn=model.preprocess, skip_bad_rows=recipe.skip_bad_rows)
+    else:
+        collator = MMEBTrainCollator(preprocess_fn=model.preprocess, skip_bad_rows=recipe.skip_bad_rows)
     trainer = UniMETrainer(model=model, args=args, train_dataset=data.datasets, loss=build_loss(model, recipe),
                            data_collator=collator, callbacks=callbacks)
     # DeepSpeed can also come from an accelerate config that the environment does not show.
@@ -134,9 +154,15 @@ def _setup(recipe: TuneRecipe, callbacks: list[Any] | None) -> Any:
     from unime.training.stage import StageRun
     from unime.training.trainer import seed_everything
 
-    data = load_mmeb_train(recipe.data, recipe.image_root, datasets=recipe.datasets, split=recipe.split,
-                           max_rows_per_dataset=recipe.max_rows_per_dataset, skip_bad_rows=recipe.skip_bad_rows,
-                           explicit_negatives=recipe.explicit_negatives)
+    if recipe.loss != "unime":
+        from unime.training.judge_data import load_judge_train
+
+        data = load_judge_train(recipe.judge_file, recipe.image_root, negatives=recipe.judge_negatives,
+                                skip_bad_rows=recipe.skip_bad_rows)
+    else:
+        data = load_mmeb_train(recipe.data, recipe.image_root, datasets=recipe.datasets, split=recipe.split,
+                               max_rows_per_dataset=recipe.max_rows_per_dataset, skip_bad_rows=recipe.skip_bad_rows,
+                               explicit_negatives=recipe.explicit_negatives)
     check_batchable(data, recipe)
     model = load_for_tuning(recipe.model, method=recipe.tuning, scope=recipe.scope,
                             trust_remote_code=recipe.trust_remote_code)
