@@ -22,6 +22,7 @@ _COMMANDS = (
     "stages",
     "caption",
     "judge",
+    "mine",
     "eval",
     "plot",
     "serve",
