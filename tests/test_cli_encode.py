@@ -84,3 +84,48 @@ def test_the_console_entry_point_runs(tiny_model_factory, rows_file, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "e.npy").shape[0] == 5
+
+
+@pytest.mark.parametrize("mode", ["joint", "sum"])
+def test_encode_dimensions_cut_the_full_embedding_and_renormalise(tiny_model_factory, rows_file, tmp_path, mode):
+    path, _ = rows_file
+    model_dir = str(tiny_model_factory("qwen2_vl"))
+    full, cut = tmp_path / "full.npy", tmp_path / "cut.npy"
+    common = ["--model", model_dir, "--input", str(path), "--batch-size", "2", "--mode", mode, "--dtype", "float32",
+              "--no-progress"]
+    assert main(["encode", *common, "--output", str(full)]) == 0
+    with pytest.warns(UserWarning, match="dimensions 16 was not optimised in training"):
+        assert main(["encode", *common, "--output", str(cut), "--dimensions", "16"]) == 0
+    whole, got = np.load(full), np.load(cut)
+    assert got.shape == (5, 16)
+    expected = whole[:, :16] / np.linalg.norm(whole[:, :16], axis=1, keepdims=True)
+    # In sum mode the parts are summed and normalised at full size first, then cut: not a sum of cut parts.
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_dimensions_beyond_the_width_or_not_positive_are_refused(tiny_model_factory, rows_file, tmp_path, capsys):
+    path, _ = rows_file
+    common = ["encode", "--model", str(tiny_model_factory("qwen2_vl")), "--input", str(path), "--output",
+              str(tmp_path / "x.npy"), "--no-progress"]
+    assert main([*common, "--dimensions", "65"]) == 2
+    assert "dimensions 65 exceeds the model's embedding size 64" in capsys.readouterr().err
+    assert main([*common, "--dimensions", "0"]) == 2
+    assert "--dimensions must be positive" in capsys.readouterr().err
+
+
+def test_trained_sizes_are_recorded_and_truncate_without_warning(tiny_model_factory):
+    import warnings
+
+    from unime.evaluation.runner import cache_identity
+
+    model = unime.load(str(tiny_model_factory("qwen2_vl")))
+    model.update_config(matryoshka_dims=[16, 64, 32])
+    assert model.unime_config.matryoshka_dims == [64, 32, 16]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.set_dimensions(32)
+    assert model.get_embedding_dimension() == 32 and model.encode(["a dog"]).shape == (1, 32)
+    # Evaluation caches are keyed by the size: a cut model never reads full-size embeddings.
+    assert cache_identity("m", None, model) == "m dimensions=32"
+    model.set_dimensions(64)  # the full size: nothing cut
+    assert model.dimensions is None and cache_identity("m", None, model) == "m"

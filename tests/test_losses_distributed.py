@@ -297,3 +297,43 @@ def test_gather_without_a_process_group_is_the_identity():
     tensor = torch.randn(3, 2)
     gathered, offset = gather_with_grad(tensor)
     assert gathered is tensor and offset == 0
+
+
+@pytest.mark.parametrize("name", ["hn", "sl", "kl_pairs_cached"])
+def test_matryoshka_over_each_loss_gives_the_same_gradients_cached_and_plain(model_dir, name):
+    """sentence-transformers' MatryoshkaLoss (what --matryoshka-dims wraps around the stage's loss)
+    over the UniME losses: on the GradCache engine it wraps the cached step, without it the forward;
+    both must give the loss and gradients of the sum over the sizes computed by hand."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    factory, columns = CASES[name]
+    dims = [32, 16, 8]
+    results = {}
+    for mini_batch_size in (None, 3):
+        model = _load_model(model_dir)
+        inner = factory(model)
+        inner.mini_batch_size = mini_batch_size
+        inner.uses_gradient_cache = mini_batch_size is not None
+        loss_fn = MatryoshkaLoss(model, inner, matryoshka_dims=dims)
+        features = [model.preprocess(column) for column in columns]
+        labels = _labels(name, len(columns))
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(features, labels)
+        loss.backward()
+        results[mini_batch_size] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                    if p.requires_grad})
+    # By hand: the plain loss at each size, the embeddings cut and renormalised.
+    model = _load_model(model_dir)
+    inner = factory(model)
+    inner.mini_batch_size, inner.uses_gradient_cache = None, False
+    features = [model.preprocess(column) for column in columns]
+    model.zero_grad(set_to_none=True)
+    embeddings = [model(feature)["sentence_embedding"] for feature in features]
+    total = sum(inner.compute([torch.nn.functional.normalize(e[:, :d], dim=-1) for e in embeddings],
+                              _labels(name, len(columns))) for d in dims)
+    total.backward()
+    by_hand = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    for loss, grads in results.values():
+        assert loss.item() == pytest.approx(total.item(), abs=1e-10)
+        for key, value in by_hand.items():
+            torch.testing.assert_close(grads[key], value, rtol=1e-8, atol=1e-11, msg=f"{name} {key}")

@@ -180,13 +180,13 @@ def test_unknown_keys_from_a_newer_version_are_tolerated_and_kept(tiny_model_fac
     model.save(str(tmp_path / "saved"))
     config_file = tmp_path / "saved" / "sentence_bert_config.json"
     config = json.loads(config_file.read_text())
-    config["unime"]["matryoshka_dims"] = [64, 32]
+    config["unime"]["future_setting"] = [64, 32]
     config_file.write_text(json.dumps(config))
     reloaded = unime.load(str(tmp_path / "saved"))
-    assert reloaded.unime_config.extra == {"matryoshka_dims": [64, 32]}
+    assert reloaded.unime_config.extra == {"future_setting": [64, 32]}
     reloaded.save(str(tmp_path / "again"))
     again = json.loads((tmp_path / "again" / "sentence_bert_config.json").read_text())["unime"]
-    assert again["matryoshka_dims"] == [64, 32]
+    assert again["future_setting"] == [64, 32]
 
 
 def test_lora_adapter_saves_and_loads_identically(tiny_model_factory, images, tmp_path):

@@ -341,3 +341,27 @@ def test_judge_training_refuses_what_it_cannot_train_on(judge_rows, tmp_path):
     (images / "0.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"row 0: image .*0.png not found"):
         load_judge_train(judge, images, negatives=2)
+
+
+def test_matryoshka_dims_train_and_are_recorded_with_the_model(stage1_model, mmeb_train, tmp_path, capsys):
+    from unime import cli
+
+    data, images = mmeb_train
+    out = tmp_path / "mrl"
+    assert cli.main(["tune", "--config", "tune-cpu", "--model", str(stage1_model), *_tiny_flags(data, images, out),
+                     "--matryoshka-dims", "16", "64", "--max-steps", "2"]) == 0
+    model = unime.load(str(out))
+    assert model.unime_config.matryoshka_dims == [64, 16]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a trained size: no warning
+        model.set_dimensions(16)
+    assert model.encode(["a dog"]).shape == (1, 16)
+    state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert all("false_negative_rate" in entry for entry in state["log_history"] if "loss" in entry)
+    with pytest.raises(ValueError, match="matryoshka_dims must be distinct positive integers"):
+        TuneRecipe(matryoshka_dims=[64, 64])
+    assert cli.main(["tune", "--config", "tune-cpu", "--model", str(stage1_model),
+                     *_tiny_flags(data, images, tmp_path / "bad"), "--matryoshka-dims", "128"]) == 2
+    assert "128 exceeds the model's embedding size 64" in capsys.readouterr().err

@@ -47,6 +47,9 @@ class UniMEConfig:
             go to the processor as they are (a released checkpoint embeds with its processor's own
             resizing) unless an input format asks for a resize (:mod:`unime.formats`).
         stages: training stages applied so far, e.g. ``["distill", "tune"]``.
+        matryoshka_dims: the nested embedding sizes training optimised (Matryoshka), largest first,
+            e.g. ``[576, 256, 64]``; None when trained at the full size only. Truncating to one of
+            them (``dimensions``) is what training prepared; another size is allowed with a warning.
         unime_version: version that wrote the file.
         extra: unknown keys read from a newer file, kept and written back unchanged.
     """
@@ -61,6 +64,7 @@ class UniMEConfig:
     padding_side: str = "left"
     image_size: int | None = None
     stages: list[str] = field(default_factory=list)
+    matryoshka_dims: list[int] | None = None
     unime_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +81,12 @@ class UniMEConfig:
             raise ValueError(f"joint_prompt must contain {CONTENT_SLOT!r}: {self.joint_prompt!r}")
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.matryoshka_dims is not None:
+            dims = self.matryoshka_dims
+            if (not isinstance(dims, list) or not dims or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0
+                                                              for d in dims) or len(set(dims)) != len(dims)):
+                raise ValueError(f"matryoshka_dims must be a list of distinct positive integers, got {dims!r}")
+            self.matryoshka_dims = sorted(dims, reverse=True)
         if not self.unime_version:
             from unime import __version__
 

@@ -523,7 +523,69 @@ class UniMEModel(SentenceTransformer):
         """Switch between ``sum`` and ``joint`` for inputs with both text and image (saved with the model)."""
         self.update_config(mode=mode)
 
+    @property
+    def dimensions(self) -> int | None:
+        """The embedding size ``encode`` returns when truncated (Matryoshka), or None for the full size."""
+        return getattr(self, "_unime_dimensions", None)
+
+    def set_dimensions(self, dimensions: int | None) -> None:
+        """Return the first ``dimensions`` values of every embedding from now on, L2-normalised again
+        when the model normalises (None: the full size). A size above the model's width is an error;
+        a size that training did not optimise (``unime_config.matryoshka_dims``) works with a warning:
+        the leading values of an embedding trained only at full size carry less of it."""
+        import warnings
+
+        full = self._full_dimension()
+        if dimensions is not None:
+            if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions <= 0:
+                raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
+            if full is not None and dimensions > full:
+                raise ValueError(f"dimensions {dimensions} exceeds the model's embedding size {full}")
+            trained = self.unime_config.matryoshka_dims
+            if dimensions != full and (not trained or dimensions not in trained):
+                known = f"trained sizes: {', '.join(map(str, trained))}" if trained else "trained at full size only"
+                warnings.warn(f"dimensions {dimensions} was not optimised in training ({known}); truncated embeddings "
+                              "of such a size usually retrieve worse than a trained one", UserWarning, stacklevel=2)
+            if dimensions == full:
+                dimensions = None
+        self._unime_dimensions = dimensions
+
+    def _full_dimension(self) -> int | None:
+        saved, self._unime_dimensions = self.dimensions, None
+        try:
+            return super().get_embedding_dimension()
+        finally:
+            self._unime_dimensions = saved
+
+    def get_embedding_dimension(self) -> int | None:  # type: ignore[override]
+        return self.dimensions or super().get_embedding_dimension()
+
+    def _truncated(self, result: Any) -> Any:
+        """``result`` (an array, a tensor or a list of them) cut to :attr:`dimensions` and renormalised."""
+        size = self.dimensions
+        if size is None:
+            return result
+        if isinstance(result, list):
+            return [self._truncated(item) for item in result]
+        cut = result[..., :size]
+        if not self.unime_config.normalize:
+            return cut
+        if isinstance(result, torch.Tensor):
+            return torch.nn.functional.normalize(cut, dim=-1)
+        norm = np.linalg.norm(cut, axis=-1, keepdims=True)
+        return (cut / np.maximum(norm, 1e-12)).astype(cut.dtype, copy=False)
+
     def encode(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.dimensions is not None:
+            if kwargs.get("truncate_dim") is not None:
+                raise ValueError("truncate_dim and the model's dimensions setting both given: use one")
+            with self.truncate_embeddings(None):  # the full embedding first: truncation comes last
+                saved, self._unime_dimensions = self._unime_dimensions, None
+                try:
+                    full = self.encode(inputs, *args, **kwargs)
+                finally:
+                    self._unime_dimensions = saved
+            return self._truncated(full)
         single = not isinstance(inputs, (list, tuple))
         items = [to_input(x, where=f"input {i}") for i, x in enumerate([inputs] if single else inputs)]
         # A raw input format (VLM2Vec) embeds every input as one sequence, whatever the saved mode.

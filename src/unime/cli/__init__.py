@@ -32,6 +32,8 @@ _COMMANDS = (
 
 
 # --dtype of the commands that load a model for inference (eval, encode, serve).
+DIMENSIONS_HELP = ("return the first N values of each embedding, L2-normalised again (Matryoshka); a size the "
+                   "model was not trained at works with a warning (default: the full size)")
 DTYPE_HELP = ("compute dtype (default auto: bfloat16 on a GPU with bf16 and on a CPU with native bf16 kernels, AMX "
               "or AVX512-BF16; float32 elsewhere, where bf16 is emulated and about 80x slower)")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unime.choices import DTYPES
-from unime.cli import DTYPE_HELP
+from unime.cli import DIMENSIONS_HELP, DTYPE_HELP
 
 if TYPE_CHECKING:
     from unime.inputs import EmbedInput
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
+    parser.add_argument("--dimensions", type=int, default=None, metavar="N", help=DIMENSIONS_HELP)
     parser.add_argument("--mode", default=None, choices=["sum", "joint"], help="override the saved mode")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -67,9 +68,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.dimensions is not None and args.dimensions <= 0:
+        raise ValueError(f"--dimensions must be positive, got {args.dimensions}")
     rows = read_rows(Path(args.input))
     model = unime.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device,
                        dtype=resolve_dtype(args.dtype, args.device), mode=args.mode)
+    model.set_dimensions(args.dimensions)
     # encode sorts by length for less padding and returns rows in input order.
     embeddings = model.encode(rows, batch_size=args.batch_size, show_progress_bar=not args.no_progress)
     output = Path(args.output)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unime.choices import DTYPES
-from unime.cli import DTYPE_HELP, CLIError
+from unime.cli import DIMENSIONS_HELP, DTYPE_HELP, CLIError
 from unime.cli.recipe_flags import split_names
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--device", default=None, help="cpu, cuda, cuda:1, ... (under torchrun: cuda:LOCAL_RANK)"
     )
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
+    parser.add_argument("--dimensions", type=int, default=None, metavar="N", help=DIMENSIONS_HELP)
     parser.add_argument("--mode", default=None, choices=["sum", "joint"], help="override the saved mode")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -187,6 +188,8 @@ def _check_options(args: argparse.Namespace) -> None:
 
     if args.batch_size <= 0:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+    if getattr(args, "dimensions", None) is not None and args.dimensions <= 0:
+        raise CLIError(f"--dimensions must be positive, got {args.dimensions}")
     for path in args.compare or []:
         read_metrics(path)
 
@@ -203,9 +206,12 @@ def _load_model(args: argparse.Namespace) -> Any:
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     # The dtype actually used, which the mmeb result records: auto is the device's rule.
     args.dtype = resolve_dtype(args.dtype, device)
-    return unime.load(
+    model = unime.load(
         args.model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype, mode=args.mode
     )
+    if getattr(args, "dimensions", None) is not None:
+        model.set_dimensions(args.dimensions)
+    return model
 
 
 def _shared(model: Any) -> Any:
@@ -226,6 +232,8 @@ def _finish(args: argparse.Namespace, task: str, metrics: dict[str, float], conf
     if args.output:
         # The dtype the model ran in (what --dtype auto resolved to on this device), beside the scores.
         config = {**config, "dtype": args.dtype}
+        if getattr(args, "dimensions", None) is not None:
+            config["dimensions"] = args.dimensions
         markdown = write_results(args.output, task, metrics, model=args.model, config=config)
         print(f"wrote {args.output} and {markdown}")
     if args.compare:

@@ -3,7 +3,7 @@ overridden and the training commands share their flags by construction.
 
 A field's type gives the flag's kind: ``bool`` a ``--x/--no-x`` pair (with ``choices``, such as
 ``bf16``'s ``auto``, ``--x VALUE`` also takes a named value), ``int``/``float``/``str`` a
-value (with the field's ``choices``), ``list[str]`` one or more values (space- or
+value (with the field's ``choices``), ``list[str]`` / ``list[int]`` one or more values (space- or
 comma-separated), ``dict[str, float]`` ``NAME=VALUE`` items. A flag left out keeps the recipe's
 value; ``null_flag`` (e.g. ``--mini-batch-size 0``) sets the field to null. The library never
 sees the argparse namespace: :func:`recipe_from_args` turns it into a validated recipe.
@@ -39,6 +39,13 @@ def split_names(values: list[str] | None) -> list[str] | None:
     if not names:
         raise ValueError("give at least one name")
     return names
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected whole numbers, got {text!r}") from None
 
 
 def _weights(values: list[str]) -> dict[str, float]:
@@ -107,11 +114,13 @@ def recipe_from_args(args: argparse.Namespace, recipe_cls: type, *, skip: tuple[
         value = getattr(args, spec.name, None)
         if spec.name in skip or value is None:
             continue
-        kind, _ = _base_type(hints[spec.name])
+        kind, kind_args = _base_type(hints[spec.name])
         flag = "--" + spec.name.replace("_", "-")
         try:
             if kind is list:
                 value = split_names(value)
+                if kind_args and kind_args[0] is int:
+                    value = [_integer(item) for item in value]
             elif kind is dict:
                 value = _weights(value)
         except ValueError as error:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unime.choices import DTYPES
-from unime.cli import DTYPE_HELP, CLIError
+from unime.cli import DIMENSIONS_HELP, DTYPE_HELP, CLIError
 
 if TYPE_CHECKING:
     from unime.serve.settings import ServeSettings
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--served-model-name", help="id reported to clients (default: the model folder name)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: the library's choice)")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
+    parser.add_argument("--dimensions", type=int, default=None, metavar="N", help=DIMENSIONS_HELP)
     parser.add_argument("--mode", choices=("sum", "joint"), help="override the saved text+image mode")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
     parser.add_argument(
@@ -109,6 +110,7 @@ def handler(args: argparse.Namespace) -> int:
         dtype=dtype,
         mode=args.mode,
     )
+    model.set_dimensions(args.dimensions)
     app = create_app(model, settings)
     logger.info("serving %s as %r in %s on http://%s:%d", args.model, settings.model_name, dtype, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

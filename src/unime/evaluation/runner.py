@@ -94,8 +94,12 @@ def _cached_score(path: Path, fingerprint: str) -> float | None:
 
 
 def cache_identity(model_id: str, protocol: MMEBProtocol | None, model: Any = None) -> str:
-    """The identity cached embeddings are keyed by: the model, plus what of the protocol changes an
-    embedding (its name and resolved input format; not the tie rule, which only scoring reads)."""
+    """The identity cached embeddings are keyed by: the model and its truncated size (``dimensions``),
+    plus what of the protocol changes an embedding (its name and resolved input format; not the tie
+    rule, which only scoring reads)."""
+    dimensions = getattr(model, "dimensions", None)
+    if isinstance(dimensions, int):
+        model_id = f"{model_id} dimensions={dimensions}"
     if protocol is None:
         return model_id
     record = {key: value for key, value in protocol.describe(model).items() if key != "ties"}

@@ -26,7 +26,7 @@ from unime.training.recipes import CACHE_SUBDIR, DistillRecipe
 from unime.training.stage import StageRun, run_stage
 from unime.training.teacher_cache import TeacherCache, build_cache, resolve_teacher
 from unime.training.text_data import read_sentences
-from unime.training.trainer import UniMETrainer, seed_everything, training_arguments
+from unime.training.trainer import UniMETrainer, seed_everything, training_arguments, with_matryoshka
 
 __all__ = ["CACHE_SUBDIR", "DistillRecipe", "TeacherLookupCollator", "build_trainer", "prepare_cache", "run_distill"]
 
@@ -84,8 +84,10 @@ def build_trainer(recipe: DistillRecipe, callbacks: list[Any] | None = None) -> 
     apply_tuning(model, recipe.tuning, recipe.scope, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout,
                  recipe.lora_target_regex, recipe.modules_to_save)
     dataset = Dataset.from_dict({"text": sentences, "label": list(range(len(sentences)))})
-    loss = SimilarityKLLoss(model, temperature=recipe.temperature, direction=recipe.direction,
-                            exclude_diagonal=recipe.exclude_diagonal, mini_batch_size=recipe.mini_batch_size)
+    loss = with_matryoshka(
+        SimilarityKLLoss(model, temperature=recipe.temperature, direction=recipe.direction,
+                         exclude_diagonal=recipe.exclude_diagonal, mini_batch_size=recipe.mini_batch_size),
+        model, recipe.matryoshka_dims)
     collator = TeacherLookupCollator(preprocess_fn=model.preprocess, teacher=cache)
     logger.info("stage 1: %d sentences, teacher %s (%d-d), %s", len(sentences), recipe.teacher, cache.dim, recipe.cache_dir())
     return UniMETrainer(model=model, args=args, train_dataset=dataset, loss=loss, data_collator=collator,

@@ -172,8 +172,16 @@ class TrainRecipe:
     resume: bool = setting(False, "continue from the last complete checkpoint in OUTPUT_DIR/checkpoints")
     merge: bool = setting(True, "fold the adapter into the saved weights (no-merge: save the adapter alone)")
     trust_remote_code: bool = setting(False, "allow the model's hub remote code (Phi-3.5-V); off unless given")
+    matryoshka_dims: list[int] | None = setting(None, "also train nested embedding sizes (Matryoshka, e.g. 576 256 "
+                                                "64): the loss is summed over the embedding cut to each size and "
+                                                "renormalised; recorded with the model for --dimensions")
 
     def __post_init__(self) -> None:
+        if self.matryoshka_dims is not None:
+            dims = self.matryoshka_dims
+            if (not isinstance(dims, list) or not dims or len(set(dims)) != len(dims)
+                    or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims)):
+                raise ValueError(f"matryoshka_dims must be distinct positive integers, got {dims!r}")
         # Against the field's own choices: a stage may narrow them (align: the projector alone, in full).
         for name in ("tuning", "scope", "lr_scheduler"):
             check_choice(name, getattr(self, name), self.field_choices(name))

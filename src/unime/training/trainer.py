@@ -168,7 +168,9 @@ class UniMETrainer(AtomicCheckpointMixin, SentenceTransformerTrainer):
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
         loss_fn = self.loss if not isinstance(self.loss, dict) else None
-        stats = getattr(loss_fn, "last_stats", None) if model.training else None
+        # A wrapper (MatryoshkaLoss) holds the UniME loss as .loss; its stats are of the last size computed.
+        stats_owner = loss_fn if hasattr(loss_fn, "last_stats") else getattr(loss_fn, "loss", None)
+        stats = getattr(stats_owner, "last_stats", None) if model.training else None
         if stats:
             for key, value in stats.items():
                 self._stats_sum[key] = self._stats_sum.get(key, 0.0) + float(value)
@@ -320,3 +322,20 @@ def seed_everything(seed: int) -> None:
     from transformers import set_seed
 
     set_seed(seed)
+
+
+def with_matryoshka(loss: Any, model: Any, dims: list[int] | None) -> Any:
+    """``loss`` trained at each of ``dims`` too (sentence-transformers' ``MatryoshkaLoss``: the
+    embeddings cut to each size and renormalised, the losses summed with weight 1; on GradCache its
+    cached step is wrapped instead of the forward), and the sizes recorded in the model's config for
+    ``--dimensions`` at inference. Without ``dims`` the loss is returned as it is and the config says
+    the model was trained at full size only."""
+    model.update_config(matryoshka_dims=sorted(dims, reverse=True) if dims else None)
+    if not dims:
+        return loss
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    width = model.get_embedding_dimension()
+    if width is not None and max(dims) > width:
+        raise ValueError(f"matryoshka_dims {dims}: {max(dims)} exceeds the model's embedding size {width}")
+    return MatryoshkaLoss(model, loss, matryoshka_dims=list(dims))

@@ -111,7 +111,7 @@ def build_trainer(model: Any, data: Any, recipe: TuneRecipe, callbacks: list[Any
     row-naming collator and the hard-negative loss."""
     from unime.environment import rank_and_world_size
     from unime.training.mmeb_data import MMEBTrainCollator, batch_sampler_factory
-    from unime.training.trainer import UniMETrainer, training_arguments
+    from unime.training.trainer import UniMETrainer, training_arguments, with_matryoshka
 
     # Before the trainer creates the process group, the launcher's WORLD_SIZE says how many ranks share it.
     ranks = rank_and_world_size()[1]
@@ -126,7 +126,8 @@ def build_trainer(model: Any, data: Any, recipe: TuneRecipe, callbacks: list[Any
         collator = JudgeTrainCollator(preprocess_fn=model.preprocess, skip_bad_rows=recipe.skip_bad_rows)
     else:
         collator = MMEBTrainCollator(preprocess_fn=model.preprocess, skip_bad_rows=recipe.skip_bad_rows)
-    trainer = UniMETrainer(model=model, args=args, train_dataset=data.datasets, loss=build_loss(model, recipe),
+    loss = with_matryoshka(build_loss(model, recipe), model, recipe.matryoshka_dims)
+    trainer = UniMETrainer(model=model, args=args, train_dataset=data.datasets, loss=loss,
                            data_collator=collator, callbacks=callbacks)
     # DeepSpeed can also come from an accelerate config that the environment does not show.
     recipe.check_gradcache_deepspeed(bool(getattr(trainer, "is_deepspeed_enabled", False)))
