@@ -349,3 +349,29 @@ def test_update_config_and_hf_model_are_the_model_api(tiny_model_factory):
     assert model[0].model is None and model.hf_model is None
     model.set_hf_model(inner)
     assert model[0].model is inner and "hf_model" not in dict(model.named_children())
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_the_embedding_is_the_final_normed_state_at_the_pooled_position(tiny_model_factory, family):
+    """Pooling reads the language model's output after its final norm, not the last decoder layer's
+    output before it (what ``hidden_states[-1]`` of some ``*ForConditionalGeneration`` models returns
+    in recent transformers): captured here from the final norm module itself."""
+    model = unime.load(str(tiny_model_factory(family)), mode="joint")
+    llm = model.hf_model.get_submodule(model.backbone.llm_module)
+    norm = llm.norm
+    with torch.no_grad():  # a random model's norm weight is all ones (a pure rescale): give it a shape
+        norm.weight.copy_(torch.linspace(0.2, 3.0, norm.weight.numel()))
+    captured = {}
+
+    def hook(module, args, output):
+        captured["before"], captured["after"] = args[0].detach(), output.detach()
+
+    handle = norm.register_forward_hook(hook)
+    try:
+        got = model.encode(["two people are playing football in the park"], batch_size=1, convert_to_tensor=True)
+    finally:
+        handle.remove()
+    after = torch.nn.functional.normalize(captured["after"][0, -1].float(), dim=-1)
+    before = torch.nn.functional.normalize(captured["before"][0, -1].float(), dim=-1)
+    torch.testing.assert_close(got[0].float(), after, atol=1e-5, rtol=0)
+    assert (got[0].float() - before).abs().max() > 1e-3  # the norm changes the direction: the test can tell
