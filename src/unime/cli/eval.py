@@ -98,6 +98,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write DIR/<dataset>.npy per dataset: float32 [queries, candidates], row i the cosine scores of "
         "query i against its own candidate list in the data's order (NaN pads shorter lists)",
     )
+    mmeb.add_argument("--rerank", metavar="JUDGE", default=None,
+                      help="also re-order each query's top candidates with this judge model's yes-probability "
+                      "(UniME-V2's reranking; a model with an LM head, see unime judge) and report both tables")
+    mmeb.add_argument("--rerank-top", type=int, default=5, help="candidates re-ordered per query (default: %(default)s)")
+    mmeb.add_argument("--rerank-batch-size", type=int, default=8, help="judge pairs per batch (default: %(default)s)")
     mmeb.set_defaults(func=run_mmeb_command)
 
     retrieval = tasks.add_parser("retrieval", help="image-text R@1/5/10 in both directions")
@@ -281,6 +286,15 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
         raise CLIError(f"--chunk-size must be positive, got {args.chunk_size}")
     cache_dir = Path(args.cache_dir) if args.cache_dir else output.with_suffix(".cache")
     groups = read_groups(args.groups) if args.groups else None
+    if args.rerank_top <= 0 or args.rerank_batch_size <= 0:
+        raise CLIError(f"--rerank-top and --rerank-batch-size must be positive, got {args.rerank_top} and "
+                       f"{args.rerank_batch_size}")
+    if args.rerank:
+        from unime.model_names import check_model_name
+
+        check_model_name(args.rerank, option="--rerank")
+    # Reranking reads every data set's score matrix: kept where asked, else beside the cache.
+    scores_dir = Path(args.save_scores) if args.save_scores else cache_dir / "scores"
     model = _load_model(args)
     metrics = run_mmeb(
         model,
@@ -295,7 +309,7 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
         show_progress_bar=not args.no_progress,
         groups=groups,
         protocol=protocol,
-        save_scores=args.save_scores,
+        save_scores=scores_dir if (args.save_scores or args.rerank) else None,
     )
     config = {
         "data_dir": args.data_dir,
@@ -305,7 +319,40 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
         "protocol": protocol.describe(model),
         "save_scores": args.save_scores,
     }
+    if args.rerank:
+        metrics.update(_rerank_mmeb(args, metrics, scores_dir, protocol, model))
+        config["rerank"] = {"model": args.rerank, "top": args.rerank_top}
     return _finish(args, "mmeb", metrics, config)
+
+
+def _rerank_mmeb(args: argparse.Namespace, metrics: dict[str, float], scores_dir: Path, protocol: Any,
+                 model: Any) -> dict[str, float]:
+    """Each data set's top candidates re-ordered by the judge (``--rerank``): precision@1 under
+    ``mmeb/reranked/<dataset>/precision@1`` and the reranked means, printed as their own table."""
+    import numpy as np
+
+    from unime.evaluation.encoding import is_main_process
+    from unime.evaluation.mmeb import load_mmeb_dataset, summarize_mmeb
+    from unime.evaluation.report import mmeb_markdown
+    from unime.evaluation.rerank import reranked_precision
+    from unime.judge import Judge
+
+    if not is_main_process():
+        return {}
+    del model  # the judge needs the memory
+    judge = Judge(args.rerank, trust_remote_code=args.trust_remote_code)
+    reranked: dict[str, float] = {}
+    for key in metrics:
+        name = key.split("/")[1]
+        path = scores_dir / f"{name}.npy"
+        if key.count("/") != 2 or not path.exists():
+            continue
+        dataset = load_mmeb_dataset(Path(args.data_dir) / name, Path(args.image_dir), name)
+        reranked[name] = reranked_precision(judge, dataset, np.load(path), args.rerank_top, args.rerank_batch_size)
+    summary = summarize_mmeb(reranked, read_groups(args.groups) if args.groups else None)
+    print(f"\nReranked: the top {args.rerank_top} of each query re-ordered by {args.rerank}\n")
+    print(mmeb_markdown(summary), end="")
+    return {key.replace("mmeb/", "mmeb/reranked/", 1): value for key, value in summary.items()}
 
 
 def run_retrieval_command(args: argparse.Namespace) -> int:
