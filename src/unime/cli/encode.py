@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     rows = read_rows(Path(args.input))
     model = unime.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device,
                        dtype=resolve_dtype(args.dtype, args.device), mode=args.mode)
-    model.set_dimensions(args.dimensions)
+    if args.dimensions is not None:
+        model.set_dimensions(args.dimensions)
     # encode sorts by length for less padding and returns rows in input order.
     embeddings = model.encode(rows, batch_size=args.batch_size, show_progress_bar=not args.no_progress)
     output = Path(args.output)

@@ -110,7 +110,8 @@ def handler(args: argparse.Namespace) -> int:
         dtype=dtype,
         mode=args.mode,
     )
-    model.set_dimensions(args.dimensions)
+    if args.dimensions is not None:
+        model.set_dimensions(args.dimensions)
     app = create_app(model, settings)
     logger.info("serving %s as %r in %s on http://%s:%d", args.model, settings.model_name, dtype, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
