@@ -5,9 +5,12 @@ from __future__ import annotations
 import faulthandler
 import gc
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -120,3 +123,27 @@ def _rank_main(
         gc.collect()
         dist.destroy_process_group()
         faulthandler.cancel_dump_traceback_later()
+
+
+#: What torchrun prints for a rank that died of SIGABRT.
+_ABORT_SIGNATURES = ("Signal 6 (SIGABRT)", "exitcode  : -6")
+
+
+def run_torchrun(script_and_args: list[str], *, env: dict[str, str] | None = None, timeout: int = 600,
+                 nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N SCRIPT ARGS`` (a free port every
+    time), output captured as text.
+
+    A launch in which a rank dies of SIGABRT is run once more, with a warning that carries its
+    output: that abort has been seen twice in about 25 launches on 2-core CI machines, always in a
+    rank's first seconds (before any training step), never reproduced in a loop, cause not found
+    (docs/RELIABILITY.md). Any other failure is returned as it is, for the test to assert on.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               *script_and_args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0 and any(signature in done.stderr for signature in _ABORT_SIGNATURES):
+        warnings.warn("a torchrun rank died of SIGABRT; launched again. Its output:\n" + done.stderr[-6000:],
+                      RuntimeWarning, stacklevel=2)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    return done

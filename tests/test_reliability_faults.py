@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from process_helpers import run_torchrun
 
 from unime.evaluation.encoding import CachedEncoder
 from unime.evaluation.runner import _cached_score
@@ -313,9 +314,7 @@ def _torchrun_distill(tmp_path: Path, settings: dict, out: Path, kill_at: int | 
     launcher = tmp_path / "launch_distill.py"
     launcher.write_text(_KILLED_RANK_LAUNCHER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "UNIME_TEST_KILL_AT": str(kill_at or "")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(launcher), json.dumps({**settings, "output_dir": str(out)})]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return run_torchrun([str(launcher), json.dumps({**settings, "output_dir": str(out)})], env=env)
 
 
 @pytest.mark.slow
