@@ -31,7 +31,7 @@ def judge(default_dir) -> Judge:
     return Judge(default_dir)
 
 
-def test_the_judge_content_is_uniME_V2s_user_turn():
+def test_the_judge_content_is_unime_v2s_user_turn():
     content, images = judge_content(("<|image_1|>\nWhat is in the image?", "q.jpg"), ("a dog", None), "<image>")
     assert content == JUDGE_INSTRUCTION + "Query:<image>What is in the image?Candidate:a dog"
     assert images == ["q.jpg"]
@@ -72,8 +72,8 @@ def test_a_tokenizer_without_single_yes_and_no_tokens_is_refused(tiny_model_fact
         Judge(tiny_model_factory("llava"))
 
 
-def test_released_judge_files_read_as_they_are(tmp_path):
-    # One row as UniME-V2's train_data_Qwen25VL_7B_scores.json holds it (field names, pairs, scores).
+def test_rows_in_unime_v2s_training_layout_parse_and_write_back_unchanged(tmp_path):
+    # One row with the fields UniME-V2's dataset.py reads (names, [text, image] pairs, scores).
     row = {"query_text": "<|image_1|>\nRepresent the given image with the following question: What is the dog doing?",
            "query_image": "images/OK-VQA/000001.jpg", "pos_text": "playing fetch", "pos_image": "",
            "query_pos_scores": 0.9912, "hard_negatives": [["swimming", ""], ["sleeping", ""]],

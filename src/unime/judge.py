@@ -12,7 +12,8 @@ where ``yes`` and ``no`` are the logits of the tokens "Yes" and "No" (each must 
 judge's tokenizer). UniME-V2 mines hard negatives with these scores and trains on them as soft
 labels (:func:`unime.losses.soft_label_kl`).
 
-The judge file (UniME-V2's released ``train_data_*_scores.json`` layout): a JSON list of rows, each::
+The judge file (the layout UniME-V2's training code reads, ``Embedding/src/dataset.py``, that of its
+released ``train_data_*_scores.json``): a JSON list of rows, each::
 
     {"query_text": str, "query_image": str, "pos_text": str, "pos_image": str,
      "query_pos_scores": float, "hard_negatives": [[text, image], ...], "hard_negatives_scores": [float, ...]}

@@ -1,7 +1,7 @@
 """Stage-2 training rows from a judge file (UniME-V2): each query, its positive, its hard negatives and
 the judge's score of each, for ``unime tune --loss unime-v2`` (or ``both``).
 
-The judge file is :mod:`unime.judge`'s layout (UniME-V2's released ``train_data_*_scores.json``). Each
+The judge file is :mod:`unime.judge`'s layout (the one UniME-V2's training code reads). Each
 row becomes one training row with the columns ``query``, ``positive``, ``negative_1`` ...
 ``negative_k`` (``{"text", "image"}`` structs, images as absolute paths or "") and ``judge_scores``
 (the positive's score, then each negative's) and ``row``. The first ``k`` hard
