@@ -36,7 +36,8 @@ from typing import Any
 from unime.config import CONTENT_SLOT
 from unime.io.integrity import write_json_atomic
 
-__all__ = ["JUDGE_INSTRUCTION", "Judge", "JudgeRow", "judge_content", "judge_file", "read_judge_file"]
+__all__ = ["JUDGE_INSTRUCTION", "Judge", "JudgeRow", "judge_content", "judge_file", "read_judge_file",
+           "resolve_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,8 @@ def read_judge_file(path: str | Path) -> list[JudgeRow]:
     return out
 
 
-def _resolve(image: str, root: Path | None) -> str | None:
+def resolve_image(image: str, root: Path | None) -> str | None:
+    """A judge-file image path as a file path: None for "", joined to ``root`` unless absolute."""
     if not image:
         return None
     return str(root / image) if root is not None and not Path(image).is_absolute() else image
@@ -246,7 +248,7 @@ def judge_file(model: str | Path | Judge, data: str | Path, output: str | Path, 
         group, pairs = [], []
         while position < len(pending) and (not group or len(pairs) < batch_size):
             index = pending[position]
-            row_pairs = [((q[0], _resolve(q[1], root)), (c[0], _resolve(c[1], root))) for q, c in rows[index].pairs()]
+            row_pairs = [((q[0], resolve_image(q[1], root)), (c[0], resolve_image(c[1], root))) for q, c in rows[index].pairs()]
             group.append((index, len(row_pairs)))
             pairs.extend(row_pairs)
             position += 1

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from unime.io.integrity import write_json_atomic
-from unime.judge import Judge, JudgeRow, judge_file, read_judge_file
+from unime.judge import Judge, JudgeRow, judge_file, read_judge_file, resolve_image
 
 __all__ = ["cyclic_sample", "mine", "retrieve_candidates", "select_negatives"]
 
@@ -69,12 +69,6 @@ def _content(side: tuple[str, str]) -> tuple[str, str]:
     return (side[0] or "", side[1] or "")
 
 
-def _resolve(image: str, root: Path | None) -> str | None:
-    if not image:
-        return None
-    return str(root / image) if root is not None and not Path(image).is_absolute() else image
-
-
 def retrieve_candidates(model: Any, rows: Sequence[JudgeRow], *, top_n: int = 50, image_root: str | Path | None = None,
                         max_similarity: float | None = None, batch_size: int = 32) -> list[JudgeRow]:
     """Each row with its top ``top_n`` candidates from the pool of all rows' positives (distinct by
@@ -91,7 +85,7 @@ def retrieve_candidates(model: Any, rows: Sequence[JudgeRow], *, top_n: int = 50
     pool_items = list(pool)
 
     def embed_input(side: tuple[str, str]) -> EmbedInput:
-        return EmbedInput(text=side[0] or None, image=_resolve(side[1], root))
+        return EmbedInput(text=side[0] or None, image=resolve_image(side[1], root))
 
     queries = model.encode([embed_input(row.query) for row in rows], batch_size=batch_size, normalize_embeddings=True)
     targets = model.encode([embed_input(item) for item in pool_items], batch_size=batch_size,

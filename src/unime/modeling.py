@@ -535,7 +535,7 @@ class UniMEModel(SentenceTransformer):
         the leading values of an embedding trained only at full size carry less of it."""
         import warnings
 
-        full = self._full_dimension()
+        full = super().get_embedding_dimension()  # the model's width: this class's override not applied
         if dimensions is not None:
             if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions <= 0:
                 raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
@@ -549,13 +549,6 @@ class UniMEModel(SentenceTransformer):
             if dimensions == full:
                 dimensions = None
         self._unime_dimensions = dimensions
-
-    def _full_dimension(self) -> int | None:
-        saved, self._unime_dimensions = self.dimensions, None
-        try:
-            return super().get_embedding_dimension()
-        finally:
-            self._unime_dimensions = saved
 
     def get_embedding_dimension(self) -> int | None:  # type: ignore[override]
         return self.dimensions or super().get_embedding_dimension()
@@ -576,16 +569,15 @@ class UniMEModel(SentenceTransformer):
         return (cut / np.maximum(norm, 1e-12)).astype(cut.dtype, copy=False)
 
     def encode(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        if self.dimensions is not None:
-            if kwargs.get("truncate_dim") is not None:
-                raise ValueError("truncate_dim and the model's dimensions setting both given: use one")
-            with self.truncate_embeddings(None):  # the full embedding first: truncation comes last
-                saved, self._unime_dimensions = self._unime_dimensions, None
-                try:
-                    full = self.encode(inputs, *args, **kwargs)
-                finally:
-                    self._unime_dimensions = saved
-            return self._truncated(full)
+        if self.dimensions is None:
+            return self._encode_full(inputs, *args, **kwargs)
+        if kwargs.get("truncate_dim") is not None:
+            raise ValueError("truncate_dim and the model's dimensions setting both given: use one")
+        with self.truncate_embeddings(None):  # the full embedding first: truncation comes last
+            return self._truncated(self._encode_full(inputs, *args, **kwargs))
+
+    def _encode_full(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`encode` at the model's full width."""
         single = not isinstance(inputs, (list, tuple))
         items = [to_input(x, where=f"input {i}") for i, x in enumerate([inputs] if single else inputs)]
         # A raw input format (VLM2Vec) embeds every input as one sequence, whatever the saved mode.

@@ -320,13 +320,14 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
         "save_scores": args.save_scores,
     }
     if args.rerank:
-        metrics.update(_rerank_mmeb(args, metrics, scores_dir, protocol, model))
+        del model  # the judge needs the memory
+        metrics.update(_rerank_mmeb(args, metrics, scores_dir, groups))
         config["rerank"] = {"model": args.rerank, "top": args.rerank_top}
     return _finish(args, "mmeb", metrics, config)
 
 
-def _rerank_mmeb(args: argparse.Namespace, metrics: dict[str, float], scores_dir: Path, protocol: Any,
-                 model: Any) -> dict[str, float]:
+def _rerank_mmeb(args: argparse.Namespace, metrics: dict[str, float], scores_dir: Path,
+                 groups: dict[str, tuple[str, str]] | None) -> dict[str, float]:
     """Each data set's top candidates re-ordered by the judge (``--rerank``): precision@1 under
     ``mmeb/reranked/<dataset>/precision@1`` and the reranked means, printed as their own table."""
     import numpy as np
@@ -339,7 +340,6 @@ def _rerank_mmeb(args: argparse.Namespace, metrics: dict[str, float], scores_dir
 
     if not is_main_process():
         return {}
-    del model  # the judge needs the memory
     judge = Judge(args.rerank, trust_remote_code=args.trust_remote_code)
     reranked: dict[str, float] = {}
     for key in metrics:
@@ -349,7 +349,7 @@ def _rerank_mmeb(args: argparse.Namespace, metrics: dict[str, float], scores_dir
             continue
         dataset = load_mmeb_dataset(Path(args.data_dir) / name, Path(args.image_dir), name)
         reranked[name] = reranked_precision(judge, dataset, np.load(path), args.rerank_top, args.rerank_batch_size)
-    summary = summarize_mmeb(reranked, read_groups(args.groups) if args.groups else None)
+    summary = summarize_mmeb(reranked, groups)
     print(f"\nReranked: the top {args.rerank_top} of each query re-ordered by {args.rerank}\n")
     print(mmeb_markdown(summary), end="")
     return {key.replace("mmeb/", "mmeb/reranked/", 1): value for key, value in summary.items()}

@@ -45,9 +45,7 @@ def rerank_order(judge: Any, dataset: MMEBDataset, scores: np.ndarray, top: int 
     keys = [[(i, int(dataset.targets[i][j])) for j in row] for i, row in enumerate(firsts)]
     todo = sorted({key for row in keys for key in row if key not in cache})
     pairs = [(_side(dataset.queries[i]), _side(dataset.pool[c])) for i, c in todo]
-    for start in range(0, len(pairs), 256):
-        for key, value in zip(todo[start:start + 256], judge.score(pairs[start:start + 256], batch_size), strict=True):
-            cache[key] = value
+    cache.update(zip(todo, judge.score(pairs, batch_size), strict=True))
     orders = []
     for row, row_keys in zip(firsts, keys, strict=True):
         judged = [cache[key] for key in row_keys]
