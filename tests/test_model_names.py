@@ -33,6 +33,8 @@ COMMANDS: dict[str, list[str]] = {
     "plot similarity (second model)": ["plot", "similarity", "--model", "GOOD", "--model", "MODEL",
                                        "--retrieval-data", "k.json", "--output", "s.png"],
     "serve": ["serve", "--model", "MODEL"],
+    "index": ["index", "--model", "MODEL", "--images", "img", "--output", "idx"],
+    "search": ["search", "idx", "--model", "MODEL", "--text", "a dog"],
     "judge": ["judge", "--model", "MODEL", "--data", "rows.json", "--output", "o.json"],
     "mine": ["mine", "--model", "MODEL", "--judge", "GOOD", "--data", "rows.json", "--output", "o.json"],
     "distill": ["distill", "--model", "MODEL", "--data", "nli.csv", "--output-dir", "out"],

@@ -25,6 +25,8 @@ _COMMANDS = (
     "mine",
     "eval",
     "plot",
+    "index",
+    "search",
     "serve",
     "demo",
     "env",
