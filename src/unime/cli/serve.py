@@ -56,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="accept http(s) image URLs (fetched only from public addresses)",
     )
     group.add_argument("--remote-timeout", type=float, default=10.0, help="seconds per remote image")
+    group.add_argument("--body-timeout", type=float, default=30.0,
+                       help="seconds a request body may take to arrive (then 408)")
+    search = parser.add_argument_group("search")
+    search.add_argument("--index", help="an index folder (unime index): adds POST /v1/search and GET /v1/index")
+    search.add_argument("--ui", action="store_true", help="serve the search page at / (needs --index)")
     parser.set_defaults(func=handler)
 
 
@@ -79,6 +84,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
             api_key=api_key,
             allow_remote_images=args.allow_remote_images,
             remote_timeout_s=args.remote_timeout,
+            body_timeout_s=args.body_timeout,
         )
     except ValueError as error:
         raise CLIError(f"invalid server option: {error}") from None
@@ -88,6 +94,8 @@ def handler(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")
     settings = settings_from_args(args)
+    if args.ui and not args.index:
+        raise CLIError("--ui needs --index DIR: the page searches an index (build one with unime index)")
     try:
         import uvicorn
 
@@ -98,6 +106,16 @@ def handler(args: argparse.Namespace) -> int:
         ) from None
     if settings.api_key is None and not _is_loopback(args.host):
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
+
+    index = None
+    if args.index:  # checked before the model loads: a bad index costs nothing
+        from unime.index import _faiss, open_index
+
+        try:
+            _faiss()
+        except ImportError as error:
+            raise CLIError(str(error)) from None
+        index = open_index(args.index)
 
     import unime
     from unime.environment import resolve_dtype
@@ -112,7 +130,12 @@ def handler(args: argparse.Namespace) -> int:
     )
     if args.dimensions is not None:
         model.set_dimensions(args.dimensions)
-    app = create_app(model, settings)
+    if index is not None:
+        from unime.serve.search import check_index_fits
+
+        check_index_fits(index, model.get_embedding_dimension())
+        logger.info("searching %s: %d items (%s index)", args.index, len(index), index.manifest["index"]["kind"])
+    app = create_app(model, settings, index=index, ui=args.ui)
     logger.info("serving %s as %r in %s on http://%s:%d", args.model, settings.model_name, dtype, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

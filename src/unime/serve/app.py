@@ -1,4 +1,5 @@
-"""The FastAPI application: ``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /health``.
+"""The FastAPI application: ``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /health``; over an
+index also ``POST /v1/search``, ``GET /v1/index``, ``GET /v1/items/{n}/image`` and the page at ``/``.
 
 :func:`create_app` wires a model to the dynamic batcher and returns an ASGI app, so tests and
 benchmarks run the same server in-process. Request handling runs in this order, cheapest check
@@ -18,7 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -38,13 +39,19 @@ from unime.serve.settings import ServeSettings
 logger = logging.getLogger(__name__)
 
 
-def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    model: Any, settings: ServeSettings | None = None, index: Any = None, ui: bool = False
+) -> FastAPI:
     """Build the embeddings server around ``model`` (anything with the unime ``encode`` contract).
 
-    The batcher's worker thread starts and stops with the app's lifespan; while the app runs, the
-    image pixel limit is also PIL's process-wide ``Image.MAX_IMAGE_PIXELS``.
+    With ``index`` (a :class:`unime.index.SearchIndex` the model's embeddings fit), the search routes
+    are added, and with ``ui`` the search page at ``/`` (docs/search.md). The batcher's worker thread
+    starts and stops with the app's lifespan; while the app runs, the image pixel limit is also PIL's
+    process-wide ``Image.MAX_IMAGE_PIXELS``.
     """
     settings = settings or ServeSettings()
+    if ui and index is None:
+        raise ValueError("the search page needs an index (unime serve --index DIR --ui)")
     batcher = DynamicBatcher(
         lambda items: model.encode(items, batch_size=settings.max_batch_size, show_progress_bar=False),
         max_batch_size=settings.max_batch_size,
@@ -111,7 +118,7 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     @app.post("/v1/embeddings", openapi_extra=operation)
     async def embeddings(request: Request) -> JSONResponse:
         _check_api_key(request, settings.api_key)
-        body = await read_limited_body(request, settings.max_body_bytes)
+        body = await read_limited_body(request, settings.max_body_bytes, settings.body_timeout_s)
         parsed = await run_in_threadpool(
             lambda: parse_embedding_request(parse_json_body(body), settings, fetcher)
         )
@@ -127,7 +134,54 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
             vectors = truncate_dimensions(vectors, parsed.dimensions)
         return JSONResponse(build_response(vectors, parsed, settings.model_name, result.tokens))
 
+    if index is not None:
+        _add_search_routes(app, index, batcher, settings, fetcher, ui)
     return app
+
+
+def _add_search_routes(
+    app: FastAPI, index: Any, batcher: DynamicBatcher, settings: ServeSettings, fetcher: Any, ui: bool
+) -> None:
+    """``POST /v1/search``, ``GET /v1/index``, ``GET /v1/items/{n}/image`` and (``ui``) the page at ``/``:
+    the same API key, body limits and batcher as ``/v1/embeddings``."""
+    from unime.serve.search import index_summary, item_image, page_html, parse_search_request, search_response
+
+    @app.get("/v1/index")
+    async def index_info(request: Request) -> dict[str, Any]:
+        _check_api_key(request, settings.api_key)
+        return {"object": "index", "model": settings.model_name, **index_summary(index)}
+
+    @app.post("/v1/search")
+    async def search(request: Request) -> JSONResponse:
+        _check_api_key(request, settings.api_key)
+        body = await read_limited_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        parsed = await run_in_threadpool(
+            lambda: parse_search_request(parse_json_body(body), settings, fetcher)
+        )
+        result = await _encode(batcher, [parsed.item])
+        answer = await run_in_threadpool(
+            lambda: search_response(index, result.embeddings, parsed, settings.model_name)
+        )
+        return JSONResponse(answer)
+
+    @app.get("/v1/items/{position}/image")
+    async def image(request: Request, position: str) -> FileResponse:
+        _check_api_key(request, settings.api_key)
+        path, media_type = item_image(index, position)
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+    if ui:
+        page = page_html(settings.model_name)
+
+        @app.get("/", include_in_schema=False)
+        async def home() -> HTMLResponse:
+            return HTMLResponse(page, headers={"Content-Security-Policy": _PAGE_POLICY})
+
+
+# The page loads nothing from elsewhere: its own inline script and style, images from this server
+# (fetched as blobs) and the photo a user drops (a data: URL).
+_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                "img-src 'self' blob: data:; connect-src 'self'; form-action 'none'; base-uri 'none'")
 
 
 def _publish_bearer_scheme(app: FastAPI) -> None:
@@ -162,12 +216,26 @@ async def _encode(batcher: DynamicBatcher, items: list[Any]) -> EncodeResult:
         raise APIError(500, f"encoding failed: {type(error).__name__}: {error}") from None
 
 
-async def read_limited_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing with 413 as soon as it exceeds ``limit`` bytes.
+async def read_limited_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """Read the body, refusing with 413 as soon as it exceeds ``limit`` bytes, and with 408 when it has
+    not all arrived ``timeout_s`` seconds after the handler started reading it.
 
     A declared Content-Length over the limit is refused before reading anything; a chunked body
-    (no Content-Length) is counted while it streams in.
+    (no Content-Length) is counted while it streams in. The deadline keeps a client that sends part
+    of a body and stalls from holding the connection and its request task.
     """
+    if timeout_s is None:
+        return await _read_body(request, limit)
+    try:
+        return await asyncio.wait_for(_read_body(request, limit), timeout_s)
+    except asyncio.TimeoutError:
+        raise APIError(
+            408, f"the request body did not arrive within body_timeout_s={timeout_s:g} seconds",
+            code="body_timeout", headers={"Connection": "close"},
+        ) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():

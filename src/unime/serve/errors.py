@@ -14,6 +14,7 @@ _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    408: "request_timeout",
     413: "request_too_large",
     422: "invalid_request_error",
     500: "server_error",

@@ -37,6 +37,8 @@ class ServeSettings:
         allow_remote_images: accept ``http(s)://`` image URLs; the host must resolve only to
             public addresses.
         remote_timeout_s: total time allowed to fetch one remote image.
+        body_timeout_s: most seconds a request body may take to arrive once the server reads it; a
+            client that sends part of a body and stalls gets 408 and its connection is closed.
     """
 
     model_name: str = "unime"
@@ -52,6 +54,7 @@ class ServeSettings:
     api_key: str | None = field(default=None, repr=False)
     allow_remote_images: bool = False
     remote_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.model_name:
@@ -70,6 +73,8 @@ class ServeSettings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms!r}")
+        if self.body_timeout_s <= 0:
+            raise ValueError(f"body_timeout_s must be > 0, got {self.body_timeout_s!r}")
         if self.remote_timeout_s <= 0:
             raise ValueError(f"remote_timeout_s must be > 0, got {self.remote_timeout_s!r}")
         if self.max_queued_items < self.max_items_per_request:
