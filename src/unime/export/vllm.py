@@ -255,8 +255,8 @@ def _as_input(item: dict[str, Any]) -> Any:
 
 
 def _weight_sources(name: str, hf_model: Any) -> list[Path]:
-    """Local folders that may hold the source's full weights: the model, an adapter's base, the folder
-    the transformers model was read from (hub ids: their cached snapshot)."""
+    """Local folders that may hold the source's full weights and processor files: the model, an
+    adapter's base, the folder the transformers model was read from (hub ids: their cached snapshot)."""
     candidates = [name]
     adapter = Path(name) / "adapter_config.json"
     if adapter.is_file():
@@ -271,7 +271,7 @@ def _weight_sources(name: str, hf_model: Any) -> list[Path]:
             try:
                 from huggingface_hub import snapshot_download
 
-                path = Path(snapshot_download(candidate, allow_patterns=["*.safetensors"], local_files_only=True))
+                path = Path(snapshot_download(candidate, local_files_only=True))
             except Exception:  # not a cached hub id: nothing to read there
                 continue
         folders.append(path)
@@ -359,6 +359,39 @@ def _rename_processor_class(folder: Path, name: str) -> None:
                 path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def _video_processor_config(sources: list[Path], folder: Path, processor_class: str) -> None:
+    """Settings for the video processor of processors that own one (Qwen2-VL, Qwen2.5-VL,
+    LLaVA-OneVision): unime's image-only subclasses save none, and transformers refuses to build the
+    processor (as vLLM does) without them. The source's own settings when it has them; else the image
+    processor's, which is what transformers itself reads for a checkpoint without a video processor
+    config (its fallback to ``preprocessor_config.json``)."""
+    import inspect
+
+    import transformers
+
+    cls = getattr(transformers, processor_class, None)
+    if cls is None or "video_processor" not in inspect.signature(cls.__init__).parameters:
+        return
+    ours = folder / "processor_config.json"
+    data = json.loads(ours.read_text()) if ours.is_file() else {}
+    if "video_processor" in data or (folder / "video_preprocessor_config.json").exists():
+        return
+    for source in sources:
+        file = source / "video_preprocessor_config.json"
+        if file.is_file():
+            shutil.copyfile(file, folder / file.name)
+            return
+        combined = source / "processor_config.json"
+        if combined.is_file() and "video_processor" in (video := json.loads(combined.read_text())):
+            data["video_processor"] = video["video_processor"]
+            ours.write_text(json.dumps(data, indent=2) + "\n")
+            return
+    image = data.get("image_processor")
+    if image is None:
+        raise ValueError(f"{folder}: no image processor settings to give the {processor_class} video processor")
+    (folder / "preprocessor_config.json").write_text(json.dumps(image, indent=2) + "\n")
+
+
 def _write_sentence_transformers(folder: Path, module: Any, dimension: int, normalize: bool) -> None:
     """modules.json, the pooling config in the legacy layout vLLM reads, and unime's module config."""
     modules = [{"idx": 0, "name": "0", "path": "", "type": "unime.modeling.UniMETransformer"},
@@ -418,7 +451,8 @@ def export_vllm(
     module = loaded[0]
     merged = merge_adapter(loaded)
     loaded.eval()
-    full, head_origin = full_architecture(loaded.hf_model, architecture, _weight_sources(model, loaded.hf_model))
+    sources = _weight_sources(model, loaded.hf_model)
+    full, head_origin = full_architecture(loaded.hf_model, architecture, sources)
     processor, tokenizer = module.processor, loaded.tokenizer
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     config = module.unime_config
@@ -442,7 +476,9 @@ def export_vllm(
         finally:
             tokenizer.padding_side = saved_side
         if processor is not tokenizer:
-            _rename_processor_class(staging, _transformers_class(processor))
+            processor_class = _transformers_class(processor)
+            _rename_processor_class(staging, processor_class)
+            _video_processor_config(sources, staging, processor_class)
         (staging / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
         _write_sentence_transformers(staging, module, full.config.get_text_config().hidden_size, config.normalize)
         name = served_model_name or out.name
