@@ -33,6 +33,7 @@ COMMANDS: dict[str, list[str]] = {
     "plot similarity (second model)": ["plot", "similarity", "--model", "GOOD", "--model", "MODEL",
                                        "--retrieval-data", "k.json", "--output", "s.png"],
     "serve": ["serve", "--model", "MODEL"],
+    "export vllm": ["export", "vllm", "exported", "--model", "MODEL"],
     "judge": ["judge", "--model", "MODEL", "--data", "rows.json", "--output", "o.json"],
     "mine": ["mine", "--model", "MODEL", "--judge", "GOOD", "--data", "rows.json", "--output", "o.json"],
     "distill": ["distill", "--model", "MODEL", "--data", "nli.csv", "--output-dir", "out"],

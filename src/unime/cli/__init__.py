@@ -26,6 +26,7 @@ _COMMANDS = (
     "eval",
     "plot",
     "serve",
+    "export",
     "demo",
     "env",
 )
