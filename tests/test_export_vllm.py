@@ -366,6 +366,21 @@ def test_lm_head_is_the_source_s(exported, tiny_model_factory) -> None:
     assert torch.equal(head(source), head(out))
 
 
+def test_tied_word_embeddings_stay_tied(tiny_model_copy, tmp_path) -> None:
+    """A model whose LM head is its input embeddings (Qwen2-VL-2B): nothing to copy, tied again on loading."""
+    from transformers import AutoModelForImageTextToText
+
+    source = tiny_model_copy("qwen2_vl")
+    config = json.loads((source / "config.json").read_text())
+    config["tie_word_embeddings"] = config["text_config"]["tie_word_embeddings"] = True
+    (source / "config.json").write_text(json.dumps(config))
+    result = export_vllm(str(source), tmp_path / "out")
+    assert result.lm_head == "tied to the input embeddings"
+    model, info = AutoModelForImageTextToText.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    assert not any(info.values()), info
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+
+
 def test_a_merged_unime_save_exports_with_the_family_architecture(tiny_model_factory, tmp_path, images) -> None:
     """A unime save of merged weights (a training stage's final save) is the headless model (its config
     names Qwen2VLModel, no LM head): the export writes the generation architecture vLLM loads, the LM

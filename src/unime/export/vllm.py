@@ -341,12 +341,16 @@ def full_architecture(hf_model: Any, architecture: str, sources: list[Path]) -> 
 # --- the folder ------------------------------------------------------------------------------------
 
 
-def _transformers_class(obj: Any) -> str:
-    """The name of the first class of ``obj`` that transformers defines (unime's subclasses skipped)."""
-    for cls in type(obj).__mro__:
-        if cls.__module__.startswith("transformers."):
-            return cls.__name__
-    raise ValueError(f"{type(obj).__name__} is not a transformers class")
+def _processor_class_name(obj: Any) -> str:
+    """The class name to record for ``obj``: its own, or for one of unime's subclasses the first class
+    transformers defines (unime's image-only processors exist only where unime is installed)."""
+    cls = type(obj)
+    if not cls.__module__.startswith("unime."):
+        return cls.__name__
+    for base in cls.__mro__[1:]:
+        if base.__module__.startswith("transformers."):
+            return base.__name__
+    raise ValueError(f"{cls.__name__} derives from no transformers class")
 
 
 def _rename_processor_class(folder: Path, name: str) -> None:
@@ -476,7 +480,7 @@ def export_vllm(
         finally:
             tokenizer.padding_side = saved_side
         if processor is not tokenizer:
-            processor_class = _transformers_class(processor)
+            processor_class = _processor_class_name(processor)
             _rename_processor_class(staging, processor_class)
             _video_processor_config(sources, staging, processor_class)
         (staging / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
