@@ -18,8 +18,8 @@ from unime import cli, environment
 from unime.training.recipes import DistillRecipe, TrainRecipe, TuneRecipe, packaged_recipes
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTED = ("encode", "make-tiny", "data", "teacher-embed", "distill", "tune", "eval", "plot", "serve", "demo",
-              "env")
+DOCUMENTED = ("encode", "make-tiny", "data", "teacher-embed", "distill", "tune", "eval", "plot", "serve", "export",
+              "demo", "env")
 SHARED_FLAGS = ("--lora-r", "--lora-alpha", "--lora-dropout", "--warmup-steps", "--epochs",
                 "--gradient-accumulation-steps", "--lr-scheduler", "--weight-decay", "--save-total-limit",
                 "--mini-batch-size", "--max-steps", "--batch-size", "--learning-rate", "--seed", "--bf16",
@@ -50,7 +50,7 @@ def test_every_command_the_readme_runs_exists_and_parses():
         assert words[0] in commands, line
         # Every flag written in the README is one the command knows (parsing needs no files).
         parser = commands[words[0]]
-        if words[0] in ("eval", "plot", "data"):
+        if words[0] in ("eval", "plot", "data", "export"):
             sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
             parser = sub.choices[words[1]]
         unknown = [w for w in words if w.startswith("--") and w not in _flags(parser)]

@@ -35,6 +35,7 @@ COMMANDS: dict[str, list[str]] = {
     "serve": ["serve", "--model", "MODEL"],
     "index": ["index", "--model", "MODEL", "--images", "img", "--output", "idx"],
     "search": ["search", "idx", "--model", "MODEL", "--text", "a dog"],
+    "export vllm": ["export", "vllm", "exported", "--model", "MODEL"],
     "judge": ["judge", "--model", "MODEL", "--data", "rows.json", "--output", "o.json"],
     "mine": ["mine", "--model", "MODEL", "--judge", "GOOD", "--data", "rows.json", "--output", "o.json"],
     "distill": ["distill", "--model", "MODEL", "--data", "nli.csv", "--output-dir", "out"],

@@ -116,7 +116,7 @@ def test_published_schema_is_the_request_contract(stub_server: BackgroundServer)
     schema = httpx.get(stub_server.url + "/openapi.json").json()
     operation = schema["paths"]["/v1/embeddings"]["post"]
     body = operation["requestBody"]["content"]["application/json"]["schema"]
-    assert body["required"] == ["input"]
+    assert body["oneOf"] == [{"required": ["input"]}, {"required": ["messages"]}]
     array = next(s for s in body["properties"]["input"]["anyOf"] if s.get("type") == "array")
     assert (array["minItems"], array["maxItems"]) == (1, SETTINGS.max_items_per_request)
     assert body["properties"]["encoding_format"]["enum"] == ["float", "base64"]

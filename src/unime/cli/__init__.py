@@ -28,6 +28,7 @@ _COMMANDS = (
     "index",
     "search",
     "serve",
+    "export",
     "demo",
     "env",
 )

@@ -1,10 +1,14 @@
 """The ``/v1/embeddings`` request and response: OpenAI's schema plus multimodal items.
 
 A request's ``input`` is a string, a list of strings, or (the extension) objects
-``{"text", "image", "instruction"}`` alone or mixed with strings. Parsing validates every field
-by hand rather than through a schema library, so each refusal names the exact field and item
-(``input[3].image``) and the limit involved, and the cheap checks (item count, text length,
-encoded image size) all run before any image is decoded.
+``{"text", "image", "instruction"}`` alone or mixed with strings. Instead of ``input``, a request may
+carry ``messages``, the chat form vLLM's ``/v1/embeddings`` takes for multimodal models: one input
+per request, a ``system`` message as its instruction and one ``user`` message with at most one text
+and one ``image_url`` part, which is what the chat template of ``unime export vllm`` renders (so a
+client moves between the two servers by changing the URL). Parsing validates every field by hand
+rather than through a schema library, so each refusal names the exact field and item
+(``input[3].image``, ``messages[0].content[1].image_url``) and the limit involved, and the cheap
+checks (item count, text length, encoded image size) all run before any image is decoded.
 """
 
 from __future__ import annotations
@@ -82,16 +86,134 @@ def parse_embedding_request(
         raise APIError(
             400, f"'dimensions' must be a positive integer, got {dimensions!r}", param="dimensions"
         )
+    if "messages" in payload:
+        if "input" in payload:
+            raise APIError(400, "the request has both 'input' and 'messages'; send one of them", param="messages")
+        item, image_param = _message_item(payload["messages"], settings)
+        return EmbeddingRequest(items=[_load_message_image(item, image_param, settings, fetch_remote)],
+                                encoding_format=encoding_format, dimensions=dimensions)
     raw_items = _raw_items(payload, settings)
     checked = [(_check_item(raw, param, settings), param) for raw, param in raw_items]
     items = [_load_images(item, param, settings, fetch_remote) for item, param in checked]
     return EmbeddingRequest(items=items, encoding_format=encoding_format, dimensions=dimensions)
 
 
+_MESSAGE_KEYS = ("role", "content", "name")
+_ROLES = ("system", "user")
+
+
+def _message_item(messages: Any, settings: ServeSettings) -> tuple[dict[str, Any], str | None]:
+    """The one input of a ``messages`` request, as ``{"text", "image", "instruction"}`` with the image
+    still encoded, and the field that carried the image. The rules are the exported chat template's:
+    at most one ``system`` message (its text is the instruction), exactly one ``user`` message with a
+    string content (a text) or at most one ``text`` part and one ``image_url`` part, in any order."""
+    if not isinstance(messages, list):
+        raise APIError(400, f"'messages' must be a list of messages, not {_kind(messages)}", param="messages")
+    if not messages:
+        raise APIError(400, "'messages' is an empty list", param="messages")
+    item: dict[str, Any] = {}
+    image_param = None
+    user_seen = False
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise APIError(400, f"{param} must be an object with role and content, not {_kind(message)}", param=param)
+        unknown = sorted(set(message) - set(_MESSAGE_KEYS))
+        if unknown:
+            raise APIError(400, f"{param} has unknown field(s) {unknown}; allowed: {list(_MESSAGE_KEYS)}", param=param)
+        role = message.get("role")
+        if role not in _ROLES:
+            raise APIError(400, f"{param}.role must be one of {list(_ROLES)} (one embedding input: an optional "
+                           f"system message as the instruction, then the user message), got {role!r}",
+                           param=f"{param}.role")
+        if role == "system":
+            if "instruction" in item:
+                raise APIError(400, f"{param}: only one system message (the instruction) is allowed", param=param)
+            item["instruction"] = _system_text(message.get("content"), f"{param}.content", settings)
+            continue
+        if user_seen:
+            raise APIError(400, f"{param}: only one user message is allowed (one embedding per request)", param=param)
+        user_seen = True
+        image_param = _user_content(message.get("content"), f"{param}.content", settings, item)
+    if not user_seen:
+        raise APIError(400, "'messages' has no user message (the text or image to embed)", param="messages")
+    return item, image_param
+
+
+def _system_text(content: Any, param: str, settings: ServeSettings) -> str:
+    if isinstance(content, str):
+        return _check_text(content, param, settings)
+    if isinstance(content, list) and len(content) == 1 and isinstance(content[0], dict) \
+            and content[0].get("type") == "text":
+        return _part_text(content[0], f"{param}[0]", settings)
+    raise APIError(400, f"{param} must be a string or a list of one text part (the instruction)", param=param)
+
+
+def _user_content(content: Any, param: str, settings: ServeSettings, item: dict[str, Any]) -> str | None:
+    """Fill ``item``'s text and (still encoded) image from a user message; return the image's field."""
+    if isinstance(content, str):
+        item["text"] = _check_text(content, param, settings)
+        return None
+    if not isinstance(content, list):
+        raise APIError(400, f"{param} must be a string or a list of parts, not {_kind(content)}", param=param)
+    if not content:
+        raise APIError(400, f"{param} is an empty list", param=param)
+    image_param = None
+    for index, part in enumerate(content):
+        where = f"{param}[{index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if "text" in item:
+                raise APIError(400, f"{where}: a user message holds at most one text part", param=where)
+            item["text"] = _part_text(part, where, settings)
+        elif kind == "image_url":
+            if image_param is not None:
+                raise APIError(400, f"{where}: a user message holds at most one image part", param=where)
+            image_param = f"{where}.image_url"
+            item["image"] = _image_url(part, image_param)
+        else:
+            raise APIError(400, f"{where} must be an object of type 'text' or 'image_url'"
+                           + (f", not {kind!r}" if isinstance(kind, str) else ""), param=where)
+    return image_param
+
+
+def _part_text(part: dict[str, Any], where: str, settings: ServeSettings) -> str:
+    unknown = sorted(set(part) - {"type", "text"})
+    if unknown:
+        raise APIError(400, f"{where} has unknown field(s) {unknown}", param=where)
+    text = part.get("text")
+    if not isinstance(text, str):
+        raise APIError(400, f"{where}.text must be a string, not {_kind(text)}", param=f"{where}.text")
+    return _check_text(text, f"{where}.text", settings)
+
+
+def _image_url(part: dict[str, Any], param: str) -> str:
+    """The URL of an ``image_url`` part: ``{"url": ...}`` (OpenAI's ``detail`` is accepted and ignored)."""
+    unknown = sorted(set(part) - {"type", "image_url"})
+    if unknown:
+        raise APIError(400, f"{param.rsplit('.', 1)[0]} has unknown field(s) {unknown}", param=param)
+    value = part.get("image_url")
+    url = value.get("url") if isinstance(value, dict) else None
+    if not isinstance(url, str) or not url or (isinstance(value, dict) and set(value) - {"url", "detail"}):
+        raise APIError(400, f"{param} must be an object {{\"url\": \"data:image/...;base64,...\"}}", param=param)
+    return url
+
+
+def _load_message_image(
+    item: dict[str, Any], param: str | None, settings: ServeSettings, fetch_remote: RemoteFetch | None
+) -> str | Image.Image | dict[str, Any]:
+    """Decode a messages request's image (its field named in refusals); the item in ``encode`` form."""
+    if param is None:
+        return item if "instruction" in item else item["text"]
+    image = load_request_image(item["image"], param=param, max_bytes=settings.max_image_bytes,
+                               max_pixels=settings.max_image_pixels, fetch_remote=fetch_remote)
+    return {**item, "image": image} if len(item) > 1 else image
+
+
 def _raw_items(payload: dict[str, Any], settings: ServeSettings) -> list[tuple[Any, str]]:
     """The request's inputs paired with their field names, after the item-count limit."""
     if "input" not in payload:
-        raise APIError(400, "the request has no 'input' field", param="input")
+        raise APIError(400, "the request has no 'input' field (nor 'messages')", param="input")
     value = payload["input"]
     if isinstance(value, (str, dict)):
         return [(value, "input")]
@@ -248,9 +370,41 @@ def openapi_operation(settings: ServeSettings) -> dict[str, Any]:
         ],
     }
     one = {"anyOf": [text, item]}
+    # vLLM's chat form: one input per request (docs/serving.md, "The messages form").
+    text_part = {"type": "object", "required": ["type", "text"], "additionalProperties": False,
+                 "properties": {"type": {"const": "text"}, "text": text}}
+    image_part = {
+        "type": "object",
+        "required": ["type", "image_url"],
+        "additionalProperties": False,
+        "properties": {
+            "type": {"const": "image_url"},
+            "image_url": {"type": "object", "required": ["url"], "additionalProperties": False,
+                          "properties": {"url": image, "detail": {"description": "accepted and ignored"}}},
+        },
+    }
+    message = {
+        "type": "object",
+        "required": ["role", "content"],
+        "additionalProperties": False,
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "user"]},
+            "content": {"anyOf": [text, {"type": "array", "minItems": 1, "maxItems": 2,
+                                         "items": {"anyOf": [text_part, image_part]}}]},
+            "name": {"description": "accepted and ignored"},
+        },
+    }
+    messages = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 2,
+        "items": message,
+        "description": "instead of 'input', one input in vLLM's chat form: an optional system message (the "
+        "instruction), then one user message with a string, or at most one text part and one image_url part",
+    }
     body = {
         "type": "object",
-        "required": ["input"],
+        "oneOf": [{"required": ["input"]}, {"required": ["messages"]}],
         "properties": {
             "input": {
                 "anyOf": [
@@ -259,6 +413,7 @@ def openapi_operation(settings: ServeSettings) -> dict[str, Any]:
                     {"type": "array", "minItems": 1, "maxItems": settings.max_items_per_request, "items": one},
                 ]
             },
+            "messages": messages,
             "model": {"anyOf": [{"type": "string", "enum": [settings.model_name]}, {"type": "null"}]},
             "encoding_format": {"type": "string", "enum": list(_FORMATS), "default": "float"},
             "dimensions": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
@@ -317,8 +472,9 @@ def openapi_operation(settings: ServeSettings) -> dict[str, Any]:
         return response
 
     responses = {
-        "200": {"description": "one embedding per input, in order", "content": {"application/json": {"schema": success}}},
-        "400": refusal("malformed JSON, a wrong field, an undecodable image, an input the model rejects"),
+        "200": {"description": "one embedding per input, in order (one for a 'messages' request)", "content": {"application/json": {"schema": success}}},
+        "400": refusal("malformed JSON, a wrong field, both 'input' and 'messages', an undecodable image, an "
+                       "input the model rejects"),
         "404": refusal("'model' names another model"),
         "413": refusal("a size limit (body, items, text, image bytes or pixels)"),
         "500": refusal("the model failed for another reason"),
