@@ -435,6 +435,7 @@ def embed_to_parquet(
     dimensions: int | None = None,
     trust_remote_code: bool = False,
     num_gpus: float | None = None,
+    num_cpus: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BulkResult:
     """Embed every row of ``input_path`` into parquet shards in ``output_dir``, resuming a job begun there.
@@ -451,6 +452,8 @@ def embed_to_parquet(
         batch_size, device, dtype, mode, dimensions, trust_remote_code: as for ``unime encode``; ``dtype``
             ``"auto"`` is resolved by each worker for its own device.
         num_gpus: GPUs per actor (ray engine); None: 1 when the Ray cluster has GPUs, else 0.
+        num_cpus: CPUs per actor (ray engine), which Ray also gives each actor as its thread count
+            (``OMP_NUM_THREADS``); None: Ray Data's default, 1.
         progress: called with one line per finished shard (and a first and a last line); None: logged.
 
     The ray engine joins the running Ray instance (``ray.init`` called before, or ``RAY_ADDRESS``), else
@@ -497,7 +500,7 @@ def embed_to_parquet(
     if pending:
         run = _run_local if engine == "local" else _run_ray
         finished = run(model, options, rows, folder, pending, bounds, batch_size=batch_size, actors=actors,
-                       num_gpus=num_gpus)
+                       num_gpus=num_gpus, num_cpus=num_cpus)
         for shard, count, seconds in finished:
             embedded.append(shard)
             done = len(skipped) + len(embedded)
@@ -521,8 +524,8 @@ def _run_local(model: str, options: dict[str, Any], rows: InputRows, folder: Pat
 
 
 def _run_ray(model: str, options: dict[str, Any], rows: InputRows, folder: Path, pending: list[int],
-             bounds: list[tuple[int, int]], *, batch_size: int, actors: int,
-             num_gpus: float | None) -> Iterator[tuple[int, int, float]]:
+             bounds: list[tuple[int, int]], *, batch_size: int, actors: int, num_gpus: float | None,
+             num_cpus: float | None) -> Iterator[tuple[int, int, float]]:
     """The pending shards as a dataset of one row each, mapped by a fixed pool of ``actors`` actors.
 
     Ray Data restarts an actor that dies and retries its shard (``max_restarts`` and
@@ -553,6 +556,7 @@ def _run_ray(model: str, options: dict[str, Any], rows: InputRows, folder: Path,
             compute=ActorPoolStrategy(size=actors),
             batch_size=1,
             num_gpus=num_gpus,
+            num_cpus=num_cpus,
             runtime_env={"env_vars": environment} if environment else None,
         )
         for result in dataset.iter_rows():
