@@ -190,6 +190,12 @@ def test_a_folder_of_another_job_is_refused_naming_the_difference(model_dir, fol
     assert main([*common, "--shard-rows", "2"]) == 2
     assert "the input differs: the folder was written for" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "part-00000.parquet", "part-00001.parquet"]
+    # A job that stopped before its first shard (here on a size above the model's width) binds nothing.
+    with pytest.raises(ValueError, match="dimensions 65 exceeds the model's embedding size 64"):
+        embed_to_parquet(model_dir, path, folder / "early", dimensions=65, progress=lambda line: None)
+    assert sorted(p.name for p in (folder / "early").iterdir()) == [MANIFEST]
+    result = embed_to_parquet(model_dir, path, folder / "early", dtype="float32", progress=lambda line: None)
+    assert result.embedded == (0,) and read_embeddings(folder / "early")[1].shape == (5, 64)
     other = folder / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

@@ -240,7 +240,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _prepare_folder(folder: Path, manifest: dict[str, Any]) -> None:
-    """Start a job in an empty or new folder, or resume one whose manifest matches this job's."""
+    """Start a job in an empty or new folder, or resume one whose manifest matches this job's (a folder
+    that holds no shard yet takes this job's manifest whatever it held)."""
     from unime.io.integrity import write_json_atomic
     from unime.io.jsonl import read_json
 
@@ -250,6 +251,12 @@ def _prepare_folder(folder: Path, manifest: dict[str, Any]) -> None:
         if not isinstance(old, dict) or old.get("format") != FORMAT:
             raise ValueError(f"{path}: not the manifest of a bulk embedding folder")
         differences = _differences(old, manifest)
+        if differences and not any(folder.glob("part-*.parquet")):
+            # Nothing embedded yet (the job stopped before its first shard, e.g. on a bad option):
+            # nothing is lost by starting this job there instead.
+            logger.info("%s: no shard written yet; starting again with this job's settings", folder)
+            write_json_atomic(path, manifest)
+            return
         if differences:
             raise ValueError(f"{path}: written for another job ({'; '.join(differences)}); write to another "
                              "folder, or delete this one to start again")
