@@ -549,8 +549,15 @@ def _run_ray(model: str, options: dict[str, Any], rows: InputRows, folder: Path,
     bars = context.enable_progress_bars
     context.enable_progress_bars = False
     try:
+        resources = ray.cluster_resources()
         if num_gpus is None:
-            num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+            num_gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+        if started_here and not os.environ.get("RAY_ADDRESS"):
+            # A Ray instance of this machine alone never grows: a pool larger than it would wait for ever.
+            for name, each in (("GPU", num_gpus), ("CPU", 1 if num_cpus is None else num_cpus)):
+                if each and actors * each > resources.get(name, 0):
+                    raise ValueError(f"{actors} actors of {each:g} {name} each need {actors * each:g} {name}s, but "
+                                     f"the local Ray instance has {resources.get(name, 0):g}: ask for fewer actors")
         items = []
         for shard in pending:
             first, end = bounds[shard]
