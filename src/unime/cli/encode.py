@@ -50,9 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def read_rows(path: Path) -> list[EmbedInput]:
     """Parse and validate every row first, so a bad row fails before any model work
     (:func:`unime.bulk.read_input_rows`: .jsonl, .csv or .parquet; an id column is checked, not kept)."""
-    from unime.bulk import read_input_rows
+    from unime.bulk import INPUT_SUFFIXES, read_input_rows
 
-    if not path.is_file() and path.suffix.lower() in (".jsonl", ".csv", ".parquet"):
+    if not path.is_file() and path.suffix.lower() in INPUT_SUFFIXES:
         raise FileNotFoundError(f"--input {path}: file not found")
     return read_input_rows(path).inputs
 
@@ -94,6 +94,7 @@ def run_bulk(args: argparse.Namespace) -> int:
     from unime.bulk import (
         DEFAULT_SHARD_ROWS,
         EXTRA,
+        INPUT_SUFFIXES,
         MissingExtra,
         embed_to_parquet,
         require_pyarrow,
@@ -108,14 +109,16 @@ def run_bulk(args: argparse.Namespace) -> int:
     if Path(args.output).suffix.lower() == ".npy":
         raise CLIError(f"--output {args.output}: --engine writes a folder of parquet shards; name a folder "
                        "(or leave --engine out for a .npy)")
-    try:
-        if args.engine == "ray":
+    if args.engine == "ray":
+        try:
             require_ray()
+        except MissingExtra:
+            raise CLIError(f"--engine ray needs Ray Data: {EXTRA}") from None
+    try:
         require_pyarrow()
-    except MissingExtra as error:
-        what = "Ray Data" if "Ray" in str(error) else "pyarrow"
-        raise CLIError(f"--engine {args.engine} needs {what}: {EXTRA}") from None
-    if not Path(args.input).is_file() and Path(args.input).suffix.lower() in (".jsonl", ".csv", ".parquet"):
+    except MissingExtra:
+        raise CLIError(f"--engine {args.engine} needs pyarrow: {EXTRA}") from None
+    if not Path(args.input).is_file() and Path(args.input).suffix.lower() in INPUT_SUFFIXES:
         raise FileNotFoundError(f"--input {args.input}: file not found")
     result = embed_to_parquet(
         args.model, args.input, args.output, engine=args.engine, actors=args.actors or 1,
