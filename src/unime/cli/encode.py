@@ -1,4 +1,6 @@
-"""``unime encode``: embed the rows of a JSONL file into a .npy matrix, in input order."""
+"""``unime encode``: embed the rows of a JSON Lines, CSV or parquet file into a .npy matrix, in input
+order, or (``--engine local`` / ``--engine ray``) into a resumable folder of parquet shards
+(:mod:`unime.bulk`, docs/bulk.md)."""
 
 from __future__ import annotations
 
@@ -7,56 +9,52 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unime.choices import DTYPES
-from unime.cli import DIMENSIONS_HELP, DTYPE_HELP
+from unime.cli import DIMENSIONS_HELP, DTYPE_HELP, CLIError
 
 if TYPE_CHECKING:
     from unime.inputs import EmbedInput
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from unime.bulk import DEFAULT_SHARD_ROWS, ENGINES
+
     parser = subparsers.add_parser(
         "encode",
-        help="embed texts, images and both from a JSONL file",
-        description='Embed rows {"text": ..., "image": ..., "instruction": ...} of a JSONL file. Image '
-        "paths are relative to the JSONL's folder. Output: a float32 .npy matrix, one unit row per input row.",
+        help="embed texts, images and both from a JSON Lines, CSV or parquet file",
+        description='Embed rows {"text": ..., "image": ..., "instruction": ...} of a .jsonl, .csv or .parquet '
+        "file (an optional id column names the rows). Image paths are relative to the input's folder. Output: "
+        "a float32 .npy matrix, one unit row per input row; with --engine, a folder of parquet shards (id, "
+        "embedding) that a rerun resumes (docs/bulk.md).",
     )
     parser.add_argument("--model", required=True, help="unime model folder, UniME checkpoint, MLLM or hub id")
-    parser.add_argument("--input", required=True, help="rows.jsonl")
-    parser.add_argument("--output", required=True, help="embeddings .npy")
+    parser.add_argument("--input", required=True, help="rows: .jsonl, .csv or .parquet")
+    parser.add_argument("--output", required=True, help="embeddings .npy; with --engine, a folder of parquet shards")
+    parser.add_argument("--engine", default=None, choices=ENGINES,
+                        help="write resumable parquet shards to the --output folder, embedded in this process "
+                        "(local) or by a Ray Data actor pool, one model per actor (ray: pip install 'unime[ray]'; "
+                        "joins RAY_ADDRESS's cluster when set)")
+    parser.add_argument("--actors", type=int, default=None, metavar="N",
+                        help="--engine ray: actors, one model each (default 1; one GPU each where the cluster has GPUs)")
+    parser.add_argument("--shard-rows", type=int, default=None, metavar="N",
+                        help=f"--engine: rows per shard (default {DEFAULT_SHARD_ROWS})")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--dimensions", type=int, default=None, metavar="N", help=DIMENSIONS_HELP)
     parser.add_argument("--mode", default=None, choices=["sum", "joint"], help="override the saved mode")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (the shard lines with --engine)")
     parser.set_defaults(func=run)
 
 
 def read_rows(path: Path) -> list[EmbedInput]:
-    """Parse and validate every row first, so a bad row fails before any model work."""
-    from unime.inputs import to_input
-    from unime.io.jsonl import iter_jsonl, text_lines
+    """Parse and validate every row first, so a bad row fails before any model work
+    (:func:`unime.bulk.read_input_rows`: .jsonl, .csv or .parquet; an id column is checked, not kept)."""
+    from unime.bulk import INPUT_SUFFIXES, read_input_rows
 
-    if not path.is_file():
+    if not path.is_file() and path.suffix.lower() in INPUT_SUFFIXES:
         raise FileNotFoundError(f"--input {path}: file not found")
-    rows: list[EmbedInput] = []
-    for number, row, error in iter_jsonl(text_lines(path)):
-        where = f"{path} line {number}"
-        if error is not None:
-            raise ValueError(f"{where}: not valid JSON ({error})")
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected an object with text / image / instruction")
-        # A non-string image is left to to_input, which names the key and the type.
-        if isinstance(row.get("image"), str) and row["image"]:
-            image = Path(row["image"])
-            row["image"] = str(image if image.is_absolute() else path.parent / image)
-            if not Path(row["image"]).is_file():
-                raise FileNotFoundError(f"{where}: image file not found: {row['image']}")
-        rows.append(to_input(row, where=where))  # validated here, once: encode takes the inputs as they are
-    if not rows:
-        raise ValueError(f"{path}: no rows to embed")
-    return rows
+    return read_input_rows(path).inputs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.dimensions is not None and args.dimensions <= 0:
         raise ValueError(f"--dimensions must be positive, got {args.dimensions}")
+    if args.engine is not None:
+        return run_bulk(args)
+    for option, value in (("--actors", args.actors), ("--shard-rows", args.shard_rows)):
+        if value is not None:
+            raise CLIError(f"{option} is for --engine local or ray (parquet shards); without --engine, "
+                           "encode writes one .npy")
     rows = read_rows(Path(args.input))
     model = unime.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device,
                        dtype=resolve_dtype(args.dtype, args.device), mode=args.mode)
@@ -82,4 +86,46 @@ def run(args: argparse.Namespace) -> int:
     with atomic_path(output) as tmp, open(tmp, "wb") as handle:
         np.save(handle, np.asarray(embeddings, dtype=np.float32))
     print(f"wrote {output}: {len(rows)} x {embeddings.shape[1]}")
+    return 0
+
+
+def run_bulk(args: argparse.Namespace) -> int:
+    """``--engine local|ray``: :func:`unime.bulk.embed_to_parquet` into the ``--output`` folder."""
+    from unime.bulk import (
+        DEFAULT_SHARD_ROWS,
+        EXTRA,
+        INPUT_SUFFIXES,
+        MissingExtra,
+        embed_to_parquet,
+        require_pyarrow,
+        require_ray,
+    )
+
+    if args.engine == "local" and args.actors is not None:
+        raise CLIError("--actors is for --engine ray; --engine local runs one model in this process")
+    for option, value in (("--actors", args.actors), ("--shard-rows", args.shard_rows)):
+        if value is not None and value <= 0:
+            raise CLIError(f"{option} must be positive, got {value}")
+    if Path(args.output).suffix.lower() == ".npy":
+        raise CLIError(f"--output {args.output}: --engine writes a folder of parquet shards; name a folder "
+                       "(or leave --engine out for a .npy)")
+    if args.engine == "ray":
+        try:
+            require_ray()
+        except MissingExtra:
+            raise CLIError(f"--engine ray needs Ray Data: {EXTRA}") from None
+    try:
+        require_pyarrow()
+    except MissingExtra:
+        raise CLIError(f"--engine {args.engine} needs pyarrow: {EXTRA}") from None
+    if not Path(args.input).is_file() and Path(args.input).suffix.lower() in INPUT_SUFFIXES:
+        raise FileNotFoundError(f"--input {args.input}: file not found")
+    result = embed_to_parquet(
+        args.model, args.input, args.output, engine=args.engine, actors=args.actors or 1,
+        shard_rows=args.shard_rows or DEFAULT_SHARD_ROWS, batch_size=args.batch_size, device=args.device,
+        dtype=args.dtype, mode=args.mode, dimensions=args.dimensions, trust_remote_code=args.trust_remote_code,
+        progress=(lambda line: None) if args.no_progress else (lambda line: print(line, flush=True)),
+    )
+    print(f"wrote {result.output_dir}: {result.rows} rows in {result.shards} shards "
+          f"({len(result.embedded)} embedded now, {len(result.skipped)} kept)")
     return 0
