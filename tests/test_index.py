@@ -245,3 +245,31 @@ def test_commands_refuse_bad_input_with_the_file_named(built, tmp_path, capsys) 
     (broken / "manifest.json").write_text("[]")
     assert main(["search", str(broken), "--text", "x"]) == 2
     assert f"{broken / 'manifest.json'}: not a unime index manifest" in capsys.readouterr().err
+
+
+def test_index_from_a_bulk_job_holds_its_vectors_without_embedding_again(built, tmp_path, capsys) -> None:
+    root, model_dir, _ = built
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "a", "text": "a red square on a white wall"},
+        {"id": "b", "image": str(root / "photos" / "p1.png")},
+        {"id": "c", "text": "two people walking a dog", "image": str(root / "photos" / "p2.png")}]))
+    bulk = tmp_path / "bulk"
+    assert main(["encode", "--model", model_dir, "--input", str(rows), "--output", str(bulk), "--engine", "local",
+                 "--shard-rows", "2", "--dtype", "float32", "--no-progress"]) == 0
+    assert main(["index", "--embeddings", str(bulk), "--output", str(tmp_path / "idx")]) == 0
+    from unime.bulk import read_embeddings
+
+    index = open_index(tmp_path / "idx")
+    assert [item["id"] for item in index.items] == ["a", "b", "c"]
+    assert [item["kind"] for item in index.items] == ["text", "image", "image+text"]
+    np.testing.assert_array_equal(index.index.reconstruct_n(0, 3), read_embeddings(bulk)[1])
+    assert index.manifest["model"] == str(Path(model_dir).resolve())
+    assert search_json(capsys, str(tmp_path / "idx"), "--text", "a red square on a white wall", "-k", "1")[0]["id"] == "a"
+    # The input changed after the job: named, nothing written.
+    rows.write_text(rows.read_text().replace("square", "circle"))
+    assert main(["index", "--embeddings", str(bulk), "--output", str(tmp_path / "idx2")]) == 2
+    assert f"{rows}: SHA-256 differs" in capsys.readouterr().err
+    assert not (tmp_path / "idx2").exists()
+    assert main(["index", "--embeddings", str(bulk), "--model", model_dir, "--output", str(tmp_path / "i3")]) == 2
+    assert "drop --model" in capsys.readouterr().err

@@ -151,6 +151,28 @@ def folder_items(folder: str | os.PathLike[str]) -> list[Item]:
     return [Item(p.relative_to(folder).as_posix(), image=str(p.resolve())) for p in paths]
 
 
+def bulk_items(folder: str | os.PathLike[str]) -> tuple[list[Item], np.ndarray, dict[str, Any]]:
+    """The items, vectors and manifest of a finished bulk job (``unime encode --engine``): the rows come
+    from the input file its manifest names, which must be unchanged since the job read it."""
+    from unime.bulk import read_embeddings, read_input_rows
+    from unime.io.integrity import check_file
+    from unime.io.jsonl import read_json
+
+    folder = Path(folder)
+    ids, vectors = read_embeddings(folder)
+    manifest = read_json(folder / "manifest.json")
+    source = Path(manifest["input"]["path"])
+    check_file(source, manifest["input"], f"it changed after {folder} was embedded from it; embed it again")
+    rows = read_input_rows(source)
+    if [str(i) for i in rows.ids] != [str(i) for i in ids]:
+        raise ValueError(f"{folder}: its ids differ from the rows of {source}")
+    items = []
+    for identifier, row in zip(ids, rows.inputs, strict=True):
+        image = str(Path(row.image).resolve()) if isinstance(row.image, (str, os.PathLike)) else None
+        items.append(Item(str(identifier), text=row.text, image=image, instruction=row.instruction))
+    return items, vectors, manifest
+
+
 def check_unique_ids(items: Sequence[Item]) -> None:
     seen: dict[str, int] = {}
     for position, item in enumerate(items):

@@ -19,9 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "photo of a folder (or both), and write a search index folder: index.faiss, items.jsonl and a "
         "checked manifest. Search it with unime search, or over HTTP with unime serve --index.",
     )
-    parser.add_argument("--model", required=True, help="unime model folder, UniME checkpoint, MLLM or hub id")
+    parser.add_argument("--model", help="unime model folder, UniME checkpoint, MLLM or hub id")
     parser.add_argument("--input", help="rows.jsonl (image paths relative to its folder)")
     parser.add_argument("--images", help="a folder of photos, indexed by their relative paths")
+    parser.add_argument("--embeddings", metavar="DIR",
+                        help="a finished bulk job's folder (unime encode --engine local|ray): index its vectors "
+                        "and the rows of its input without embedding anything again (no --model needed)")
     parser.add_argument("--output", required=True, help="index folder to write")
     parser.add_argument("--kind", default="auto", choices=KINDS,
                         help="flat: exact; hnsw or ivf: approximate (default auto: flat below 200,000 items)")
@@ -40,18 +43,14 @@ def run(args: argparse.Namespace) -> int:
     import unime
     from unime.cli import CLIError
     from unime.environment import resolve_dtype
-    from unime.index import (
-        _faiss,
-        build_index,
-        check_output,
-        check_unique_ids,
-        folder_items,
-        open_index,
-        read_items,
-    )
+    from unime.index import _faiss, build_index, check_output, check_unique_ids, folder_items, read_items
 
+    if args.embeddings is not None:
+        return _from_bulk(args)
+    if args.model is None:
+        raise CLIError("--model is required (unless --embeddings names a bulk job's folder)")
     if args.input is None and args.images is None:
-        raise CLIError("give --input rows.jsonl, --images FOLDER, or both")
+        raise CLIError("give --input rows.jsonl, --images FOLDER, or both (or --embeddings DIR)")
     if args.batch_size <= 0:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
     if args.dimensions is not None and args.dimensions <= 0:
@@ -70,11 +69,38 @@ def run(args: argparse.Namespace) -> int:
         model.set_dimensions(args.dimensions)
     build_index(model, items, output, model_name=args.model, kind=args.kind, batch_size=args.batch_size,
                 overwrite=args.overwrite, show_progress_bar=not args.no_progress)
+    _report(output)
+    return 0
+
+
+def _from_bulk(args: argparse.Namespace) -> int:
+    from unime.cli import CLIError
+    from unime.index import _faiss, bulk_items, check_output, write_index
+
+    if args.input is not None or args.images is not None or args.model is not None or args.dimensions is not None:
+        raise CLIError("--embeddings takes the model, rows and size of its bulk job: drop --model, --input, "
+                       "--images and --dimensions")
+    output = Path(args.output)
+    check_output(output, args.overwrite)
+    try:
+        _faiss()
+    except ImportError as error:
+        raise CLIError(str(error)) from None
+    items, vectors, manifest = bulk_items(args.embeddings)
+    write_index(vectors, items, output, kind=args.kind, model_name=manifest["model"], mode=manifest.get("mode"),
+                truncated_to=manifest.get("dimensions"), overwrite=args.overwrite)
+    _report(output)
+    return 0
+
+
+def _report(output: Path) -> None:
+    from unime.index import open_index
+
     index = open_index(output)
     manifest = index.manifest
     kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(manifest["kinds"].items()))
     seconds = manifest["seconds"]
     print(f"wrote {output}: {len(index)} items ({kinds}), {index.dimensions} values each, "
-          f"{manifest['index']['kind']} index; embedded in {seconds.get('embed', 0):.1f} s, "
+          f"{manifest['index']['kind']} index"
+          + (f"; embedded in {seconds['embed']:.1f} s" if "embed" in seconds else "") + f", "
           f"indexed in {seconds['build']:.2f} s")
-    return 0
