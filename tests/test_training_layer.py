@@ -251,3 +251,22 @@ def test_a_qlora_run_saves_merged_full_precision_weights(tiny_model_factory, tmp
     q_base = base[0].model.language_model.layers[0].self_attn.q_proj.weight
     assert q_trained.dtype == torch.float32 and not torch.equal(q_trained, q_base)
     assert torch.allclose(q_trained, q_base, atol=0.5)
+
+
+def test_a_merged_adapter_folder_saves_weights_that_reload_to_the_same_embeddings(tiny_model_factory, tmp_path):
+    """An adapter folder loaded, merged and saved reloads to the merged model (the saved keys once came
+    out under the adapter's renamings, and the reload silently got random weights)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    base = str(tiny_model_factory("qwen2_vl"))
+    adapted = get_peft_model(AutoModelForImageTextToText.from_pretrained(base),
+                             LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapted.save_pretrained(tmp_path / "adapter")
+    model = unime.load(str(tmp_path / "adapter"), dtype="float32")
+    before = model.encode(["a merged adapter"], show_progress_bar=False)
+    assert merge_adapter(model)
+    model.save(str(tmp_path / "merged"))
+    reloaded = unime.load(str(tmp_path / "merged"), dtype="float32")
+    torch.testing.assert_close(torch.as_tensor(reloaded.encode(["a merged adapter"], show_progress_bar=False)),
+                               torch.as_tensor(before), atol=1e-5, rtol=0)

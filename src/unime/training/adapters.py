@@ -187,4 +187,22 @@ def merge_adapter(model: Any) -> bool:
     if hasattr(hf_model, "peft_config"):
         del hf_model.peft_config
     hf_model._hf_peft_config_loaded = False
+    _restore_weight_conversions(hf_model)
     return True
+
+
+def _restore_weight_conversions(hf_model: Any) -> None:
+    """Give a merged model back its own checkpoint key conversions.
+
+    transformers 5 records the key renamings used to load weights on the model
+    (``_weight_conversions``) and reverses them when saving. Loading an adapter folder records the
+    adapter's renamings (``base_model.model.model.`` to ``model.``, ``lora_A`` to ``lora_A.default``)
+    in place of the model's own, so the full weights saved after a merge came out under keys such as
+    ``language_base_model.model.model.embed_tokens.weight``, which a reload ignores (random weights,
+    no error). The model's own conversions are what its full weights were loaded with and are saved with.
+    """
+    if getattr(hf_model, "_weight_conversions", None) is None:
+        return
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    hf_model._weight_conversions = get_model_conversion_mapping(hf_model)
