@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "encode",
-        help="embed texts, images and both from a JSONL file",
-        description='Embed rows {"text": ..., "image": ..., "instruction": ...} of a JSONL file. Image '
-        "paths are relative to the JSONL's folder. Output: a float32 .npy matrix, one unit row per input row.",
+        help="embed texts, images, videos and both from a JSONL file",
+        description='Embed rows {"text": ..., "image": ..., "video": ..., "instruction": ...} of a JSONL file; '
+        '"video" is a video file or a list of frame images (docs/video.md). Image, video and frame paths are '
+        "relative to the JSONL's folder. Output: a float32 .npy matrix, one unit row per input row.",
     )
     parser.add_argument("--model", required=True, help="unime model folder, UniME checkpoint, MLLM or hub id")
     parser.add_argument("--input", required=True, help="rows.jsonl")
@@ -28,19 +29,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--dimensions", type=int, default=None, metavar="N", help=DIMENSIONS_HELP)
     parser.add_argument("--mode", default=None, choices=["sum", "joint"], help="override the saved mode")
+    parser.add_argument("--video-frames", type=int, default=None, metavar="N",
+                        help="frames sampled uniformly from each video (default: the model's video_frames, 8)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
 
+def _resolve(value: str, path: Path, where: str, what: str) -> str:
+    """A path of a row, relative to the JSONL's folder, that must name a file."""
+    resolved = Path(value) if Path(value).is_absolute() else path.parent / value
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{where}: {what} file not found: {resolved}")
+    return str(resolved)
+
+
 def read_rows(path: Path) -> list[EmbedInput]:
     """Parse and validate every row first, so a bad row fails before any model work."""
+    return read_named_rows(path)[0]
+
+
+def read_named_rows(path: Path) -> tuple[list[EmbedInput], list[str]]:
+    """:func:`read_rows` and each row's name (``"rows.jsonl line 3"``) for later error messages."""
     from unime.inputs import to_input
     from unime.io.jsonl import iter_jsonl, text_lines
 
     if not path.is_file():
         raise FileNotFoundError(f"--input {path}: file not found")
     rows: list[EmbedInput] = []
+    names: list[str] = []
     for number, row, error in iter_jsonl(text_lines(path)):
         where = f"{path} line {number}"
         if error is not None:
@@ -53,10 +70,27 @@ def read_rows(path: Path) -> list[EmbedInput]:
             row["image"] = str(image if image.is_absolute() else path.parent / image)
             if not Path(row["image"]).is_file():
                 raise FileNotFoundError(f"{where}: image file not found: {row['image']}")
+        # A video is a file or a list of frames; other types are left to to_input, which names them.
+        video = row.get("video")
+        if isinstance(video, str) and video:
+            row["video"] = _resolve(video, path, where, "video")
+        elif isinstance(video, list):
+            row["video"] = [_resolve(frame, path, f"{where}: video[{index}]", "frame image")
+                            if isinstance(frame, str) and frame else frame for index, frame in enumerate(video)]
         rows.append(to_input(row, where=where))  # validated here, once: encode takes the inputs as they are
+        names.append(where)
     if not rows:
         raise ValueError(f"{path}: no rows to embed")
-    return rows
+    return rows, names
+
+
+def check_frame_lists(rows: list[EmbedInput], names: list[str], frames: int) -> None:
+    """Refuse, naming the row, a video given as a list of fewer frames than ``frames`` (video files
+    are counted when decoded, and their errors name the file)."""
+    for row, where in zip(rows, names, strict=True):
+        if isinstance(row.video, (list, tuple)) and len(row.video) < frames:
+            raise ValueError(f"{where}: the video's frame list has {len(row.video)} frames, fewer than the "
+                             f"{frames} sampled (--video-frames, or the model's video_frames)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,9 +104,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.dimensions is not None and args.dimensions <= 0:
         raise ValueError(f"--dimensions must be positive, got {args.dimensions}")
-    rows = read_rows(Path(args.input))
+    if args.video_frames is not None:
+        from unime.io.video import check_frames
+
+        try:
+            check_frames(args.video_frames)
+        except ValueError as error:
+            raise ValueError(f"--video-frames: {error}") from None
+    rows, names = read_named_rows(Path(args.input))
     model = unime.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device,
                        dtype=resolve_dtype(args.dtype, args.device), mode=args.mode)
+    if args.video_frames is not None:
+        model.update_config(video_frames=args.video_frames)
+    check_frame_lists(rows, names, model.unime_config.video_frames)
     if args.dimensions is not None:
         model.set_dimensions(args.dimensions)
     # encode sorts by length for less padding and returns rows in input order.

@@ -1,10 +1,11 @@
 """The ``/v1/embeddings`` request and response: OpenAI's schema plus multimodal items.
 
 A request's ``input`` is a string, a list of strings, or (the extension) objects
-``{"text", "image", "instruction"}`` alone or mixed with strings. Parsing validates every field
+``{"text", "image", "video", "instruction"}`` alone or mixed with strings; ``video`` is a list of
+frames, each an image string as ``image`` takes (docs/video.md). Parsing validates every field
 by hand rather than through a schema library, so each refusal names the exact field and item
-(``input[3].image``) and the limit involved, and the cheap checks (item count, text length,
-encoded image size) all run before any image is decoded.
+(``input[3].image``, ``input[2].video[3]``) and the limit involved, and the cheap checks (item
+count, text length, frame count, encoded image size) all run before any image is decoded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from unime.serve.images import RemoteFetch, load_request_image
 from unime.serve.settings import ServeSettings
 
 Item = str | dict[str, Any]
-_ITEM_KEYS = ("text", "image", "instruction")
+_ITEM_KEYS = ("text", "image", "video", "instruction")
 _FORMATS = ("float", "base64")
 
 
@@ -55,9 +56,11 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
 
 
 def parse_embedding_request(
-    payload: dict[str, Any], settings: ServeSettings, fetch_remote: RemoteFetch | None
+    payload: dict[str, Any], settings: ServeSettings, fetch_remote: RemoteFetch | None,
+    video_frames: int | None = None,
 ) -> EmbeddingRequest:
-    """Validate a request object and decode its images. Raises :class:`APIError`."""
+    """Validate a request object and decode its images. Raises :class:`APIError`. ``video_frames``:
+    the frames the model samples from a video (a shorter frame list is refused here)."""
     model = payload.get("model")
     if model is not None and not isinstance(model, str):
         raise APIError(400, f"'model' must be a string, not {_kind(model)}", param="model")
@@ -83,7 +86,7 @@ def parse_embedding_request(
             400, f"'dimensions' must be a positive integer, got {dimensions!r}", param="dimensions"
         )
     raw_items = _raw_items(payload, settings)
-    checked = [(_check_item(raw, param, settings), param) for raw, param in raw_items]
+    checked = [(_check_item(raw, param, settings, video_frames), param) for raw, param in raw_items]
     items = [_load_images(item, param, settings, fetch_remote) for item, param in checked]
     return EmbeddingRequest(items=items, encoding_format=encoding_format, dimensions=dimensions)
 
@@ -118,7 +121,7 @@ def _raw_items(payload: dict[str, Any], settings: ServeSettings) -> list[tuple[A
     return [(v, f"input[{i}]") for i, v in enumerate(value)]
 
 
-def _check_item(raw: Any, param: str, settings: ServeSettings) -> Item:
+def _check_item(raw: Any, param: str, settings: ServeSettings, video_frames: int | None = None) -> Item:
     """Type and length checks of one input; images are still encoded strings here."""
     if isinstance(raw, str):
         return _check_text(raw, param, settings)
@@ -138,12 +141,37 @@ def _check_item(raw: Any, param: str, settings: ServeSettings) -> Item:
         value = raw.get(key)
         if value is None:
             continue
+        if key == "video":
+            item[key] = _check_video(value, f"{param}.video", settings, video_frames)
+            continue
         if not isinstance(value, str):
             raise APIError(400, f"{param}.{key} must be a string, not {_kind(value)}", param=f"{param}.{key}")
         item[key] = value if key == "image" else _check_text(value, f"{param}.{key}", settings)
-    if "text" not in item and "image" not in item:
-        raise APIError(400, f"{param} needs a 'text' or an 'image'", param=param)
+    if "text" not in item and "image" not in item and "video" not in item:
+        raise APIError(400, f"{param} needs a 'text', an 'image' or a 'video'", param=param)
+    if "image" in item and "video" in item:
+        raise APIError(400, f"{param} has an 'image' and a 'video': an input takes one of them", param=param)
     return item
+
+
+def _check_video(value: Any, param: str, settings: ServeSettings, video_frames: int | None) -> list[str]:
+    """A video item: a list of frame image strings, within the frame limits (not decoded yet)."""
+    if not isinstance(value, list):
+        raise APIError(400, f"{param} must be a list of frame images (data URLs or base64), not {_kind(value)}",
+                       param=param)
+    if not value:
+        raise APIError(400, f"{param} is an empty list of frames", param=param)
+    if len(value) > settings.max_video_frames:
+        raise APIError(413, f"{param} has {len(value)} frames; the limit is max_video_frames="
+                       f"{settings.max_video_frames}", param=param, code="max_video_frames")
+    if video_frames is not None and len(value) < video_frames:
+        raise APIError(400, f"{param} has {len(value)} frames, fewer than the {video_frames} the model samples "
+                       "from a video", param=param)
+    for index, frame in enumerate(value):
+        if not isinstance(frame, str) or not frame:
+            raise APIError(400, f"{param}[{index}] must be a non-empty image string, not {_kind(frame)}",
+                           param=f"{param}[{index}]")
+    return value
 
 
 def _check_text(text: str, param: str, settings: ServeSettings) -> str:
@@ -170,8 +198,13 @@ def _check_text(text: str, param: str, settings: ServeSettings) -> str:
 def _load_images(
     item: Item, param: str, settings: ServeSettings, fetch_remote: RemoteFetch | None
 ) -> str | Image.Image | dict[str, Any]:
-    if isinstance(item, str) or "image" not in item:
+    if isinstance(item, str) or ("image" not in item and "video" not in item):
         return item
+    if "video" in item:
+        frames = [load_request_image(frame, param=f"{param}.video[{index}]", max_bytes=settings.max_image_bytes,
+                                     max_pixels=settings.max_image_pixels, fetch_remote=fetch_remote)
+                  for index, frame in enumerate(item["video"])]
+        return {**item, "video": frames}
     image = load_request_image(
         item["image"],
         param=f"{param}.image",
@@ -234,18 +267,23 @@ def openapi_operation(settings: ServeSettings) -> dict[str, Any]:
         "description": "a data:image/...;base64, URL, bare base64"
         + (", or an http(s) URL" if settings.allow_remote_images else ""),
     }
+    video = {"type": "array", "minItems": 1, "maxItems": settings.max_video_frames, "items": image,
+             "description": "a video's frames in order, each an image string; sampled to the model's video_frames"}
     item = {
         "type": "object",
         "properties": {
             "text": nullable_text,
             "image": {"anyOf": [image, {"type": "null"}]},
+            "video": {"anyOf": [video, {"type": "null"}]},
             "instruction": nullable_text,
         },
         "additionalProperties": False,
         "anyOf": [
             {"required": ["text"], "properties": {"text": text}},
             {"required": ["image"], "properties": {"image": image}},
+            {"required": ["video"], "properties": {"video": video}},
         ],
+        "not": {"required": ["image", "video"], "properties": {"image": image, "video": video}},
     }
     one = {"anyOf": [text, item]}
     body = {
@@ -320,7 +358,7 @@ def openapi_operation(settings: ServeSettings) -> dict[str, Any]:
         "200": {"description": "one embedding per input, in order", "content": {"application/json": {"schema": success}}},
         "400": refusal("malformed JSON, a wrong field, an undecodable image, an input the model rejects"),
         "404": refusal("'model' names another model"),
-        "413": refusal("a size limit (body, items, text, image bytes or pixels)"),
+        "413": refusal("a size limit (body, items, text, image bytes or pixels, video frames)"),
         "500": refusal("the model failed for another reason"),
         "503": refusal(
             "more than max_queued_items items are waiting, or the encoder stopped",
