@@ -164,13 +164,13 @@ def _check_video(value: Any, param: str, settings: ServeSettings, video_frames: 
     if len(value) > settings.max_video_frames:
         raise APIError(413, f"{param} has {len(value)} frames; the limit is max_video_frames="
                        f"{settings.max_video_frames}", param=param, code="max_video_frames")
-    if video_frames is not None and len(value) < video_frames:
-        raise APIError(400, f"{param} has {len(value)} frames, fewer than the {video_frames} the model samples "
-                       "from a video", param=param)
     for index, frame in enumerate(value):
         if not isinstance(frame, str) or not frame:
             raise APIError(400, f"{param}[{index}] must be a non-empty image string, not {_kind(frame)}",
                            param=f"{param}[{index}]")
+    if video_frames is not None and len(value) < video_frames:
+        raise APIError(400, f"{param} has {len(value)} frames, fewer than the {video_frames} the model samples "
+                       "from a video", param=param)
     return value
 
 
