@@ -475,3 +475,52 @@ def test_cached_gradients_equal_uncached_on_batches_mixing_videos_and_images(fam
     _assert_same_gradients(grads_cached, grads_ref)
     if family == "qwen2_vl":  # the video tower gets gradient: the video rows were embedded
         assert any("visual" in name and "lora" in name for name in grads_ref)
+
+
+def test_unime_tune_trains_on_rows_mixing_videos_and_images(tiny_model_factory, tmp_path, capsys, monkeypatch):
+    """``unime tune`` with GradCache (mini-batches of 2) on one data set of video and image rows, so
+    batches mix them; the video frames are resized to the recipe's image_size like its images."""
+    import unime.cli as cli
+
+    root, data = tmp_path / "media", tmp_path / "data"
+    rows = []
+    root.mkdir()
+    for i in range(4):
+        write_clip(root / f"clip{i}.mp4", _photos(8, start=10 * i))
+        photo = _photos(1, start=10 * i + 7)[0]
+        photo.save(root / f"photo{i}.png")
+        rows.append({"qry": "Represent the given video.", "qry_video_path": f"clip{i}.mp4", "pos_text": f"scene {i}"})
+        rows.append({"qry": "<|image_1|>\nRepresent the given image.", "qry_image_path": f"photo{i}.png",
+                     "pos_text": f"photo {i}"})
+    data.mkdir()
+    (data / "mixed.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    from unime.modeling import UniMETransformer
+
+    seen = []
+    original = UniMETransformer.preprocess
+
+    def spy(self, inputs, *args, **kwargs):
+        features = original(self, inputs, *args, **kwargs)
+        seen.append((features.get("num_videos_per_sample"), features.get("num_images_per_sample"),
+                     features.get("pixel_values_videos")))
+        return features
+
+    monkeypatch.setattr(UniMETransformer, "preprocess", spy)
+    out = tmp_path / "tuned"
+    assert cli.main(["tune", "--config", "tune-cpu", "--model", str(tiny_model_factory("qwen2_vl")),
+                     "--data", str(data), "--image-root", str(root), "--output-dir", str(out), "--batch-size", "4",
+                     "--mini-batch-size", "2", "--num-hard-negatives", "2", "--image-size", "28",
+                     "--max-steps", "2", "--save-steps", "2", "--no-bf16"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    # The query columns held videos and images together, the videos on Qwen2-VL's video path with
+    # 8 frames of 28 x 28 pixels (image_size): 4 temporal x 2 x 2 patches each.
+    mixed = [(videos, pixels) for videos, images, pixels in seen
+             if videos is not None and images is not None and videos.sum() > 0 and images.sum() > 0]
+    assert mixed and all(pixels.shape[0] == 16 * int(videos.sum()) for videos, pixels in mixed)
+    state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    steps = [entry for entry in state["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in steps] == [1, 2] and all(entry["grad_norm"] > 0 for entry in steps)
+    model = unime.load(str(out))
+    assert model.unime_config.video_frames == N and model.unime_config.stages == ["tune"]
+    embedded = model.encode([{"video": str(root / "clip0.mp4")}, "scene 0"])
+    assert np.allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-5)

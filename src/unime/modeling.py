@@ -233,6 +233,12 @@ class UniMETransformer(Transformer):
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
         frames = load_video(item.video, frames_count, where)
+        resize = self.input_format.image_resize
+        if resize is not None:
+            # A frame is an image: a format's resize (training's image_size) applies to it too.
+            from unime.io.images import to_rgb
+
+            frames = [to_rgb(resize(frame)) for frame in frames]
         if backbone.video_rendering == "native":
             return [], [frames], visual
         return frames, [], visual
