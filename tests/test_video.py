@@ -524,3 +524,11 @@ def test_unime_tune_trains_on_rows_mixing_videos_and_images(tiny_model_factory, 
     assert model.unime_config.video_frames == N and model.unime_config.stages == ["tune"]
     embedded = model.encode([{"video": str(root / "clip0.mp4")}, "scene 0"])
     assert np.allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-5)
+
+
+def test_serve_cli_checks_video_frames_before_loading_anything(tiny_model_factory, capsys):
+    model = str(tiny_model_factory("qwen2_vl"))
+    assert main(["serve", "--model", model, "--video-frames", "65"]) == 2
+    assert "--video-frames: video frames must be an integer from 1 to 64" in capsys.readouterr().err
+    assert main(["serve", "--model", model, "--max-video-frames", "0"]) == 2
+    assert "max_video_frames must be a positive integer" in capsys.readouterr().err
