@@ -277,7 +277,7 @@ def test_body_limit_applies_to_declared_and_chunked_bodies(client: httpx.Client)
         (b'{"input": [1, 2, 3]}', 400, "token-id"),
         (b'{"input": ["ok", 7]}', 400, "input[1] must be a string or an object"),
         (b'{"input": ["ok", "  "]}', 400, "input[1] is empty or blank"),
-        (b'{"input": [{"instruction": "x"}]}', 400, "input[0] needs a 'text' or an 'image'"),
+        (b'{"input": [{"instruction": "x"}]}', 400, "input[0] needs a 'text', an 'image' or a 'video'"),
         (b'{"input": [{"text": "x", "img": "y"}]}', 400, "unknown field(s) ['img']"),
         (b'{"input": [{"text": ["x"]}]}', 400, "input[0].text must be a string"),
         (b'{"input": [{"image": "not base64!"}]}', 400, "input[0].image: not valid base64"),

@@ -51,7 +51,7 @@ EXTRA = "pip install 'unime[ray]'"
 #: file MARKER does not exist (it is created first).
 FAULT_ENV = "UNIME_FAULT_KILL_AT_SHARD"
 
-_INPUT_COLUMNS = ("text", "image", "instruction")
+_INPUT_COLUMNS = ("text", "image", "video", "instruction")
 _ROW_INDEX = "row index"
 _ID_COLUMN = "id column"
 
@@ -94,6 +94,7 @@ class InputRows:
     ids: list[Any]
     inputs: list[EmbedInput]
     id_column: bool
+    names: list[str]
 
 
 def read_input_rows(path: str | os.PathLike[str]) -> InputRows:
@@ -115,6 +116,7 @@ def read_input_rows(path: str | os.PathLike[str]) -> InputRows:
     rows = {".jsonl": _jsonl_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}[suffix](path)
     ids: list[Any] = []
     inputs: list[EmbedInput] = []
+    names: list[str] = []
     seen: dict[Any, str] = {}
     first: tuple[str, bool, type | None] | None = None  # where, has an id, the id's type
     for where, row in rows:
@@ -140,12 +142,28 @@ def read_input_rows(path: str | os.PathLike[str]) -> InputRows:
             row["image"] = str(image if image.is_absolute() else path.parent / image)
             if not Path(row["image"]).is_file():
                 raise FileNotFoundError(f"{where}: image file not found: {row['image']}")
+        # A video is a file or a list of frame files; other types are left to to_input, which names them.
+        video = row.get("video")
+        if isinstance(video, str) and video:
+            row["video"] = _resolve(video, path, where, "video")
+        elif isinstance(video, list):
+            row["video"] = [_resolve(frame, path, f"{where}: video[{index}]", "frame image")
+                            if isinstance(frame, str) and frame else frame for index, frame in enumerate(video)]
         inputs.append(to_input(row, where=where))
         ids.append(identifier)
+        names.append(where)
     if not inputs:
         raise ValueError(f"{path}: no rows to embed")
     named = first is not None and first[1]
-    return InputRows(path, ids if named else list(range(len(inputs))), inputs, named)
+    return InputRows(path, ids if named else list(range(len(inputs))), inputs, named, names)
+
+
+def _resolve(value: str, path: Path, where: str, what: str) -> str:
+    """A path of a row, relative to the input file's folder, that must name a file."""
+    resolved = Path(value) if Path(value).is_absolute() else path.parent / value
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{where}: {what} file not found: {resolved}")
+    return str(resolved)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -176,11 +194,12 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise ValueError(f"{path}: not a readable parquet file ({error})") from None
     unknown = sorted(set(table.column_names) - {*_INPUT_COLUMNS, "id"})
     if unknown:
-        raise ValueError(f"{path}: unknown columns {unknown}; allowed: id, image, instruction, text")
+        raise ValueError(f"{path}: unknown columns {unknown}; allowed: id, image, instruction, text, video")
     for name in table.column_names:
         kind = table.schema.field(name).type
         strings = pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
-        if not (strings or (name == "id" and pa.types.is_integer(kind))):
+        frames = name == "video" and pa.types.is_list(kind) and pa.types.is_string(kind.value_type)
+        if not (strings or frames or (name == "id" and pa.types.is_integer(kind))):
             expected = "integers or strings" if name == "id" else "strings"
             raise ValueError(f"{path}: column {name!r} holds {kind}; expected {expected}")
     columns = {name: table.column(name).to_pylist() for name in table.column_names}

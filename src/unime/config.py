@@ -50,6 +50,8 @@ class UniMEConfig:
         matryoshka_dims: the nested embedding sizes training optimised (Matryoshka), largest first,
             e.g. ``[576, 256, 64]``; None when trained at the full size only. Truncating to one of
             them (``dimensions``) is what training prepared; another size is allowed with a warning.
+        video_frames: the frames a video input is sampled to, uniformly over the clip or the list
+            of frames (docs/video.md); part of what an embedding is, so saved with the model.
         unime_version: version that wrote the file.
         extra: unknown keys read from a newer file, kept and written back unchanged.
     """
@@ -65,6 +67,7 @@ class UniMEConfig:
     image_size: int | None = None
     stages: list[str] = field(default_factory=list)
     matryoshka_dims: list[int] | None = None
+    video_frames: int = 8
     unime_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -81,6 +84,9 @@ class UniMEConfig:
             raise ValueError(f"joint_prompt must contain {CONTENT_SLOT!r}: {self.joint_prompt!r}")
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
+        from unime.io.video import check_frames
+
+        check_frames(self.video_frames)
         if self.matryoshka_dims is not None:
             dims = self.matryoshka_dims
             if (not isinstance(dims, list) or not dims or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0

@@ -1,4 +1,4 @@
-"""Typed inputs: a text, an image, or both with an instruction."""
+"""Typed inputs: a text, an image or a video, or a text with either, with an instruction."""
 
 from __future__ import annotations
 
@@ -11,37 +11,64 @@ from typing import Any
 from PIL import Image
 
 ImageLike = Image.Image | str | os.PathLike
+#: A video: a video file's path, or its frames in order (PIL images or image paths).
+VideoLike = str | os.PathLike | list[ImageLike] | tuple[ImageLike, ...]
 
-_ALLOWED_KEYS = frozenset({"text", "image", "instruction"})
+_ALLOWED_KEYS = frozenset({"text", "image", "video", "instruction"})
 
 
 @dataclass(frozen=True)
 class EmbedInput:
-    """One item to embed. At least one of ``text`` and ``image`` is set.
+    """One item to embed. At least one of ``text``, ``image`` and ``video`` is set.
 
+    ``video`` is a video file's path or a list of frames (PIL images or image paths), sampled to the
+    model's ``video_frames`` (docs/video.md); an image and a video in one input are refused.
     ``instruction`` (e.g. "Represent the given image for classification") is only used together
-    with a text or an image; MMEB-style texts may carry it inline instead.
+    with a text, an image or a video; MMEB-style texts may carry it inline instead.
     """
 
     text: str | None = None
     image: ImageLike | None = None
     instruction: str | None = None
+    video: VideoLike | None = None
 
     def __post_init__(self) -> None:
-        if self.text is None and self.image is None:
-            raise ValueError("an input needs a text or an image (or both)")
+        if self.text is None and self.image is None and self.video is None:
+            raise ValueError("an input needs a text, an image or a video")
         if self.text is not None and not isinstance(self.text, str):
             raise ValueError(f"'text' must be a string, got {type(self.text).__name__}")
-        if self.text is not None and not self.text.strip() and self.image is None:
+        if self.text is not None and not self.text.strip() and self.image is None and self.video is None:
             raise ValueError("empty text: there is nothing to embed")
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise ValueError(f"'instruction' must be a string, got {type(self.instruction).__name__}")
         if self.image is not None and not isinstance(self.image, (Image.Image, str, os.PathLike)):
             raise ValueError(f"'image' must be a PIL image or a path, got {type(self.image).__name__}")
+        if self.video is not None:
+            if self.image is not None:
+                raise ValueError("an input takes an image or a video, not both")
+            if isinstance(self.video, (list, tuple)):
+                if not self.video:
+                    raise ValueError("'video' is an empty list of frames")
+                for index, frame in enumerate(self.video):
+                    if not isinstance(frame, (Image.Image, str, os.PathLike)) or frame == "":
+                        raise ValueError(f"'video[{index}]' must be a PIL image or an image path, "
+                                         f"got {type(frame).__name__}")
+            elif not isinstance(self.video, (str, os.PathLike)) or self.video == "":
+                raise ValueError("'video' must be a video file's path or a list of frames (PIL images or "
+                                 f"image paths), got {type(self.video).__name__}")
 
     @property
     def has_image(self) -> bool:
         return self.image is not None
+
+    @property
+    def has_video(self) -> bool:
+        return self.video is not None
+
+    @property
+    def has_visual(self) -> bool:
+        """An image or a video."""
+        return self.image is not None or self.video is not None
 
     @property
     def has_text(self) -> bool:
@@ -51,7 +78,8 @@ class EmbedInput:
 def to_input(item: Any, where: str = "input") -> EmbedInput:
     """Turn a string, a PIL image, a dict or an :class:`EmbedInput` into an :class:`EmbedInput`.
 
-    A bare string is a text (never a path): images given by path go in a dict's ``image`` key.
+    A bare string is a text (never a path): images given by path go in a dict's ``image`` key,
+    videos (a file's path or a list of frames) in its ``video`` key.
     ``where`` names the item in error messages (e.g. ``"rows.jsonl line 3"``).
     """
     try:
@@ -68,7 +96,8 @@ def to_input(item: Any, where: str = "input") -> EmbedInput:
             image = item.get("image")
             if image == "":
                 image = None
-            return EmbedInput(text=item.get("text"), image=image, instruction=item.get("instruction"))
+            return EmbedInput(text=item.get("text"), image=image, instruction=item.get("instruction"),
+                              video=item.get("video"))
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
     raise ValueError(f"{where}: cannot embed an object of type {type(item).__name__}")

@@ -32,6 +32,7 @@ from unime.backbones import Backbone, get_backbone
 from unime.config import CONTENT_SLOT, MMEB_IMAGE_PLACEHOLDER, TEXT_SLOT, UniMEConfig
 from unime.formats import PROMPTED, InputFormat
 from unime.inputs import EmbedInput, load_image, to_input
+from unime.io.video import load_video
 from unime.model_names import check_model_files, check_model_name
 from unime.processors import image_processor_settings, pad_samples
 from unime.releases import default_mode
@@ -177,32 +178,70 @@ class UniMETransformer(Transformer):
 
     def render(self, item: EmbedInput, where: str = "input") -> tuple[str, list[Any]]:
         """The prompt and the images of one input, in the current input format (the backbone's
-        UniME prompts unless a raw format is set)."""
+        UniME prompts unless a raw format is set). A video's frames are among the images where
+        the family takes them as images; a video for a native video path needs :meth:`render_media`."""
+        prompt, images, videos = self.render_media(item, where)
+        if videos:
+            raise ValueError(f"{where}: a video for the {self.backbone.family} video path: use render_media")
+        return prompt, images
+
+    def render_media(self, item: EmbedInput, where: str = "input") -> tuple[str, list[Any], list[list[Any]]]:
+        """The prompt, the images and the videos (each a list of sampled RGB frames) of one input,
+        in the current input format. A video is rendered by the backbone's
+        :meth:`~unime.backbones.base.Backbone.video_placeholder`: its video token with the frames as
+        one video (native), or one image token per frame with the frames as images; it stands
+        where an image would (alone: the image prompt; with an instruction or a text: first)."""
         config, token = self.unime_config, self.backbone.image_token
         if self.input_format.style == "raw":
             return self._render_raw(item, where)
         text = item.text.replace(MMEB_IMAGE_PLACEHOLDER, token) if item.text is not None else None
-        images = self._images(item, where)
+        images, videos, visual = self._media(item, where, raw=False)
         placeholders = text.count(token) if text else 0
-        if placeholders > len(images):
+        if placeholders > (1 if item.has_image else 0):
             raise ValueError(f"{where}: the text refers to an image ({token!r}) but no image was given")
-        if item.has_image and item.has_text and config.mode == "sum":
+        if item.has_visual and item.has_text and config.mode == "sum":
             raise ValueError(
                 f"{where}: in 'sum' mode text and image are embedded separately; use UniMEModel.encode, "
                 "or set the model's mode to 'joint'"
             )
-        if not item.has_image and item.instruction is None:
-            return config.text_prompt.replace(TEXT_SLOT, text), images
+        if not item.has_visual and item.instruction is None:
+            return config.text_prompt.replace(TEXT_SLOT, text), images, videos
         if not item.has_text and item.instruction is None:
-            return config.image_prompt, images
+            if item.has_video:
+                if config.image_prompt.count(token) != 1:
+                    raise ValueError(f"{where}: the model's image prompt does not hold one {token!r} for a video "
+                                     "to take its place")
+                return config.image_prompt.replace(token, visual), images, videos
+            return config.image_prompt, images, videos
         parts = []
-        if item.has_image and placeholders == 0:
-            parts.append(token)
+        if item.has_visual and placeholders == 0:
+            parts.append(visual)
         if item.instruction:
             parts.append(item.instruction)
         if item.has_text:
             parts.append(text)
-        return config.joint_prompt.replace(CONTENT_SLOT, "\n".join(parts)), images
+        return config.joint_prompt.replace(CONTENT_SLOT, "\n".join(parts)), images, videos
+
+    def _media(self, item: EmbedInput, where: str, raw: bool) -> tuple[list[Any], list[list[Any]], str]:
+        """The images, the videos and the prompt text that stands for the input's image or video."""
+        backbone = self.backbone
+        if not item.has_video:
+            return self._images(item, where), [], backbone.raw_image_token if raw else backbone.image_token
+        frames_count = self.unime_config.video_frames
+        try:
+            visual = backbone.video_placeholder(frames_count, raw=raw)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        frames = load_video(item.video, frames_count, where)
+        resize = self.input_format.image_resize
+        if resize is not None:
+            # A frame is an image: a format's resize (training's image_size) applies to it too.
+            from unime.io.images import to_rgb
+
+            frames = [to_rgb(resize(frame)) for frame in frames]
+        if backbone.video_rendering == "native":
+            return [], [frames], visual
+        return frames, [], visual
 
     def _images(self, item: EmbedInput, where: str) -> list[Any]:
         # The saved unime_config.image_size is the training size, not applied here: inference
@@ -211,29 +250,31 @@ class UniMETransformer(Transformer):
         return ([load_image(item.image, where, resize=input_format.image_resize, orient=input_format.exif_orientation)]
                 if item.has_image else [])
 
-    def _render_raw(self, item: EmbedInput, where: str) -> tuple[str, list[Any]]:
-        """VLM2Vec's input: the text as it is, ``<|image_1|>`` replaced by the bare image token."""
+    def _render_raw(self, item: EmbedInput, where: str) -> tuple[str, list[Any], list[list[Any]]]:
+        """VLM2Vec's input: the text as it is, ``<|image_1|>`` replaced by the bare image token (a
+        video: the bare video token, or one bare image token per frame)."""
         token = self.backbone.raw_image_token
         text = item.text.replace(MMEB_IMAGE_PLACEHOLDER, token) if item.text else None
-        images = self._images(item, where)
+        images, videos, visual = self._media(item, where, raw=True)
         placeholders = text.count(token) if text else 0
-        if placeholders > len(images):
+        if placeholders > (1 if item.has_image else 0):
             raise ValueError(f"{where}: the text refers to an image ({token!r}) but no image was given")
         parts = []
-        if item.has_image and placeholders == 0:
+        if item.has_visual and placeholders == 0:
             # MMEB texts always carry the placeholder; an image given without one goes first.
-            parts.append(token)
+            parts.append(visual)
         if item.instruction:
             parts.append(item.instruction)
         if text:
             parts.append(text)
-        return "\n".join(parts), images
+        return "\n".join(parts), images, videos
 
     def processor_calls(
         self, inputs: Sequence[Any], prompt: str | None = None, item_names: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
         """One processor call per input, as a sample processed alone would get it: ``text`` (one
-        string), ``images`` (a list, absent for a text), and the input format's ``max_length`` /
+        string), ``images`` (a list, absent for a text), ``videos`` (a list of frame lists, for a
+        video on a native video path), and the input format's ``max_length`` /
         ``truncation`` and extra arguments. ``prompt`` acts as a default instruction."""
         input_format = self.input_format
         common: dict[str, Any] = dict(input_format.processor_kwargs)
@@ -244,11 +285,13 @@ class UniMETransformer(Transformer):
             where = item_names[index] if item_names is not None else f"input {index}"
             item = to_input(raw, where=where)
             if prompt and item.instruction is None:
-                item = EmbedInput(text=item.text, image=item.image, instruction=prompt)
-            text, images = self.render(item, where=where)
+                item = EmbedInput(text=item.text, image=item.image, instruction=prompt, video=item.video)
+            text, images, videos = self.render_media(item, where=where)
             call = {"text": text, **common}
             if images:
                 call["images"] = images
+            if videos:
+                call["videos"] = videos
             calls.append(call)
         return calls
 
@@ -267,6 +310,16 @@ class UniMETransformer(Transformer):
             else:
                 features = self._process_batch(calls)
         counts = [len(call.get("images", ())) for call in calls]
+        video_counts = [len(call.get("videos", ())) for call in calls]
+        if any(video_counts):
+            # Lets the GradCache engine slice pixel_values_videos / video_grid_thw per mini-batch.
+            features["num_videos_per_sample"] = torch.tensor(video_counts, dtype=torch.long)
+            seconds = features.pop("second_per_grid_ts", None)
+            if seconds is not None and not torch.allclose(torch.as_tensor(seconds, dtype=torch.float32),
+                                                          torch.tensor(1.0)):
+                # One value per video, which the engine would slice per row; the values are all the
+                # same (QWEN_SAMPLED_FPS), so the whole list serves any mini-batch.
+                features["second_per_grid_ts"] = [float(x) for x in torch.as_tensor(seconds)]
         if any(counts):
             # Lets the GradCache engine slice image tensors per mini-batch.
             features["num_images_per_sample"] = torch.tensor(counts, dtype=torch.long)
@@ -277,7 +330,7 @@ class UniMETransformer(Transformer):
         if self.input_format.sequential_positions and "mm_token_type_ids" in features:
             # Every token typed as text: the model's RoPE index then numbers image tokens like text.
             features["mm_token_type_ids"] = torch.zeros_like(features["mm_token_type_ids"])
-        features["modality"] = "image" if any(counts) else "text"
+        features["modality"] = "image" if any(counts) or any(video_counts) else "text"
         if self.transformer_task in ("text-generation", "any-to-any"):
             features["logits_to_keep"] = 1
         return features
@@ -296,11 +349,21 @@ class UniMETransformer(Transformer):
 
     def _process_batch(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
         """All samples in one processor call (padding on the tokenizer's side)."""
-        batch = {key: value for key, value in calls[0].items() if key not in ("text", "images")}
+        batch = {key: value for key, value in calls[0].items() if key not in ("text", "images", "videos")}
         batch.update(text=[call["text"] for call in calls], padding=True, return_tensors="pt")
         images = [image for call in calls for image in call.get("images", ())]
         if images:
             batch["images"] = images
+            image_processor = getattr(self.processor, "image_processor", None)
+            if ("batch_num_images" in getattr(image_processor, "model_input_names", ())
+                    and any(len(call.get("images", ())) > 1 for call in calls)):
+                # LLaVA-OneVision counts a row's images from the nesting: several images in one row
+                # (a video's frames) are embedded at base resolution, one image alone with anyres.
+                batch["images"] = [call["images"] for call in calls if call.get("images")]
+        videos = [video for call in calls for video in call.get("videos", ())]
+        if videos:
+            # Frames already sampled (docs/video.md): the processor's own sampling stays off.
+            batch.update(videos=videos, do_sample_frames=False)
         return dict(self.processor(**batch))
 
     def _process_one_by_one(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
@@ -351,7 +414,7 @@ def _length(item: EmbedInput) -> int:
     """Sort key for batching: similar lengths share a batch (less padding)."""
     return (len(item.text) if item.text else 0) + (len(item.instruction) if item.instruction else 0) + (
         1000 if item.has_image else 0
-    )
+    ) + (8000 if item.has_video else 0)
 
 
 class UniMEModel(SentenceTransformer):
@@ -582,7 +645,7 @@ class UniMEModel(SentenceTransformer):
         items = [to_input(x, where=f"input {i}") for i, x in enumerate([inputs] if single else inputs)]
         # A raw input format (VLM2Vec) embeds every input as one sequence, whatever the saved mode.
         one_sequence = self.unime_config.mode != "sum" or self.input_format.style == "raw"
-        if one_sequence or not any(x.has_image and x.has_text for x in items):
+        if one_sequence or not any(x.has_visual and x.has_text for x in items):
             if not args and set(kwargs) <= _PREFETCH_KWARGS and self._distributed_inference is None:
                 result = self._encode_prefetched(items, **kwargs)
             else:
@@ -593,10 +656,10 @@ class UniMEModel(SentenceTransformer):
         owner: list[int] = []
         for index, item in enumerate(items):
             parts = [item]
-            if item.has_image and item.has_text:
-                # The image is embedded on its own, so its placeholder leaves the text.
+            if item.has_visual and item.has_text:
+                # The image (or video) is embedded on its own, so its placeholder leaves the text.
                 text = item.text.replace(MMEB_IMAGE_PLACEHOLDER, "").strip() or None
-                image_part = EmbedInput(image=item.image)
+                image_part = EmbedInput(image=item.image, video=item.video)
                 parts = [image_part] if text is None else [EmbedInput(text=text, instruction=item.instruction), image_part]
             flat.extend(parts)
             owner.extend([index] * len(parts))

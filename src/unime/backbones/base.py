@@ -37,6 +37,12 @@ class Backbone:
         one_sample_per_call: the processor takes one prompt string per call (Phi-3.5-V's remote
             code, whose ``<|image_N|>`` tags number the images of that one prompt); samples are
             processed one at a time and padded into a batch.
+        video_token: the text that stands for one video in a prompt, where the family has a video
+            path of its own (the processor's ``videos=``, e.g. Qwen2-VL's
+            ``<|vision_start|><|video_pad|><|vision_end|>``); None: no native video path.
+        bare_video_token: the video token of a raw-text input; None: ``video_token``.
+        frames_as_images: without a native video path, a video's frames go in as that many images
+            (one image token each, in order); False: video inputs are refused for the family.
     """
 
     family: str
@@ -50,11 +56,32 @@ class Backbone:
     image_only_processor: str | None = None
     bare_image_token: str | None = None
     one_sample_per_call: bool = False
+    video_token: str | None = None
+    bare_video_token: str | None = None
+    frames_as_images: bool = True
 
     @property
     def raw_image_token(self) -> str:
         """The token that stands for an image in a raw-text input (:mod:`unime.formats`)."""
         return self.bare_image_token or self.image_token
+
+    @property
+    def video_rendering(self) -> str:
+        """How a video input is rendered: ``"native"`` (the family's video path), ``"frames"`` (its
+        frames as images) or ``"refused"``."""
+        if self.video_token is not None:
+            return "native"
+        return "frames" if self.frames_as_images else "refused"
+
+    def video_placeholder(self, frames: int, raw: bool = False) -> str:
+        """The prompt text that stands for one video of ``frames`` frames: the video token, or one
+        image token per frame; a ValueError naming the family where videos are refused."""
+        if self.video_token is not None:
+            return (self.bare_video_token or self.video_token) if raw else self.video_token
+        if not self.frames_as_images:
+            raise ValueError(f"the {self.family} backbone takes no video inputs (no video path, and its "
+                             "processor cannot take a video's frames as images)")
+        return (self.raw_image_token if raw else self.image_token) * frames
 
     def fit_image(self, image: Any, image_processor: Any) -> Any:
         """The image at the size the image processor will resize it to, when resizing it here

@@ -29,4 +29,7 @@ BACKBONE = Phi3VBackbone(
     requires_remote_code=True,
     # Its remote-code processor takes one prompt string; <|image_N|> numbers that prompt's images.
     one_sample_per_call=True,
+    # Its <|image_N|> tags would have to number a video's frames within each prompt, a path no test
+    # here can run (the processor is hub remote code): video inputs are refused.
+    frames_as_images=False,
 )

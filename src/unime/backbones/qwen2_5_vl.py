@@ -10,4 +10,6 @@ BACKBONE = QwenVLBackbone(
     bare_image_token="<|image_pad|>",
     vision_modules=("visual",),
     image_only_processor="unime.processors.ImageOnlyQwen2_5_VLProcessor",
+    video_token="<|vision_start|><|video_pad|><|vision_end|>",
+    bare_video_token="<|video_pad|>",
 )

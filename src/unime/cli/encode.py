@@ -20,9 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "encode",
-        help="embed texts, images and both from a JSON Lines, CSV or parquet file",
-        description='Embed rows {"text": ..., "image": ..., "instruction": ...} of a .jsonl, .csv or .parquet '
-        "file (an optional id column names the rows). Image paths are relative to the input's folder. Output: "
+        help="embed texts, images, videos and both from a JSON Lines, CSV or parquet file",
+        description='Embed rows {"text": ..., "image": ..., "video": ..., "instruction": ...} of a .jsonl, .csv '
+        'or .parquet file (an optional id column names the rows); "video" is a video file or a list of frame '
+        "images (docs/video.md). Image, video and frame paths are relative to the input's folder. Output: "
         "a float32 .npy matrix, one unit row per input row; with --engine, a folder of parquet shards (id, "
         "embedding) that a rerun resumes (docs/bulk.md).",
     )
@@ -42,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--dimensions", type=int, default=None, metavar="N", help=DIMENSIONS_HELP)
     parser.add_argument("--mode", default=None, choices=["sum", "joint"], help="override the saved mode")
+    parser.add_argument("--video-frames", type=int, default=None, metavar="N",
+                        help="frames sampled uniformly from each video (default: the model's video_frames, 8)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (the shard lines with --engine)")
     parser.set_defaults(func=run)
@@ -50,11 +53,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def read_rows(path: Path) -> list[EmbedInput]:
     """Parse and validate every row first, so a bad row fails before any model work
     (:func:`unime.bulk.read_input_rows`: .jsonl, .csv or .parquet; an id column is checked, not kept)."""
+    return read_named_rows(path)[0]
+
+
+def read_named_rows(path: Path) -> tuple[list[EmbedInput], list[str]]:
+    """:func:`read_rows` and each row's name (``"rows.jsonl line 3"``) for later error messages."""
     from unime.bulk import INPUT_SUFFIXES, read_input_rows
 
     if not path.is_file() and path.suffix.lower() in INPUT_SUFFIXES:
         raise FileNotFoundError(f"--input {path}: file not found")
-    return read_input_rows(path).inputs
+    rows = read_input_rows(path)
+    return rows.inputs, rows.names
+
+
+def check_frame_lists(rows: list[EmbedInput], names: list[str], frames: int) -> None:
+    """Refuse, naming the row, a video given as a list of fewer frames than ``frames`` (video files
+    are counted when decoded, and their errors name the file)."""
+    for row, where in zip(rows, names, strict=True):
+        if isinstance(row.video, (list, tuple)) and len(row.video) < frames:
+            raise ValueError(f"{where}: the video's frame list has {len(row.video)} frames, fewer than the "
+                             f"{frames} sampled (--video-frames, or the model's video_frames)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,15 +86,28 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.dimensions is not None and args.dimensions <= 0:
         raise ValueError(f"--dimensions must be positive, got {args.dimensions}")
+    if args.video_frames is not None:
+        from unime.io.video import check_frames
+
+        try:
+            check_frames(args.video_frames)
+        except ValueError as error:
+            raise ValueError(f"--video-frames: {error}") from None
     if args.engine is not None:
+        if args.video_frames is not None:
+            raise CLIError("--video-frames is not taken by --engine: the shards use the model's saved "
+                           "video_frames (set it with the model's config)")
         return run_bulk(args)
     for option, value in (("--actors", args.actors), ("--shard-rows", args.shard_rows)):
         if value is not None:
             raise CLIError(f"{option} is for --engine local or ray (parquet shards); without --engine, "
                            "encode writes one .npy")
-    rows = read_rows(Path(args.input))
+    rows, names = read_named_rows(Path(args.input))
     model = unime.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device,
                        dtype=resolve_dtype(args.dtype, args.device), mode=args.mode)
+    if args.video_frames is not None:
+        model.update_config(video_frames=args.video_frames)
+    check_frame_lists(rows, names, model.unime_config.video_frames)
     if args.dimensions is not None:
         model.set_dimensions(args.dimensions)
     # encode sorts by length for less padding and returns rows in input order.

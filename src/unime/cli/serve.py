@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--dimensions", type=int, default=None, metavar="N", help=DIMENSIONS_HELP)
     parser.add_argument("--mode", choices=("sum", "joint"), help="override the saved text+image mode")
+    parser.add_argument("--video-frames", type=int, default=None, metavar="N",
+                        help="frames sampled uniformly from each video (default: the model's video_frames, 8)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
     parser.add_argument(
         "--api-key", help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV} if set)"
@@ -49,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--max-text-chars", type=int, default=32_768, help="characters per text")
     group.add_argument("--max-image-bytes", type=int, default=10 * 2**20, help="encoded bytes per image")
     group.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="pixels per image")
+    group.add_argument("--max-video-frames", type=int, default=64, help="frames per video item")
     group.add_argument("--max-body-bytes", type=int, default=64 * 2**20, help="bytes per request body")
     group.add_argument(
         "--allow-remote-images",
@@ -80,6 +83,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
             max_text_chars=args.max_text_chars,
             max_image_bytes=args.max_image_bytes,
             max_image_pixels=args.max_image_pixels,
+            max_video_frames=args.max_video_frames,
             max_body_bytes=args.max_body_bytes,
             api_key=api_key,
             allow_remote_images=args.allow_remote_images,
@@ -94,6 +98,13 @@ def handler(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")
     settings = settings_from_args(args)
+    if args.video_frames is not None:
+        from unime.io.video import check_frames
+
+        try:
+            check_frames(args.video_frames)
+        except ValueError as error:
+            raise CLIError(f"--video-frames: {error}") from None
     if args.ui and not args.index:
         raise CLIError("--ui needs --index DIR: the page searches an index (build one with unime index)")
     try:
@@ -130,6 +141,8 @@ def handler(args: argparse.Namespace) -> int:
     )
     if args.dimensions is not None:
         model.set_dimensions(args.dimensions)
+    if args.video_frames is not None:
+        model.update_config(video_frames=args.video_frames)
     if index is not None:
         from unime.serve.search import check_index_fits
 

@@ -50,6 +50,8 @@ def create_app(
     process-wide ``Image.MAX_IMAGE_PIXELS``.
     """
     settings = settings or ServeSettings()
+    # The frames the model samples from a video: a shorter frame list is refused before decoding.
+    video_frames = getattr(getattr(model, "unime_config", None), "video_frames", None)
     if ui and index is None:
         raise ValueError("the search page needs an index (unime serve --index DIR --ui)")
     batcher = DynamicBatcher(
@@ -120,7 +122,7 @@ def create_app(
         _check_api_key(request, settings.api_key)
         body = await read_limited_body(request, settings.max_body_bytes, settings.body_timeout_s)
         parsed = await run_in_threadpool(
-            lambda: parse_embedding_request(parse_json_body(body), settings, fetcher)
+            lambda: parse_embedding_request(parse_json_body(body), settings, fetcher, video_frames)
         )
         result = await _encode(batcher, parsed.items)
         vectors = result.embeddings

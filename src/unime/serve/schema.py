@@ -1,14 +1,16 @@
 """The ``/v1/embeddings`` request and response: OpenAI's schema plus multimodal items.
 
 A request's ``input`` is a string, a list of strings, or (the extension) objects
-``{"text", "image", "instruction"}`` alone or mixed with strings. Instead of ``input``, a request may
+``{"text", "image", "video", "instruction"}`` alone or mixed with strings; ``video`` is a list of
+frames, each an image string as ``image`` takes (docs/video.md). Instead of ``input``, a request may
 carry ``messages``, the chat form vLLM's ``/v1/embeddings`` takes for multimodal models: one input
 per request, a ``system`` message as its instruction and one ``user`` message with at most one text
 and one ``image_url`` part, which is what the chat template of ``unime export vllm`` renders (so a
 client moves between the two servers by changing the URL). Parsing validates every field by hand
 rather than through a schema library, so each refusal names the exact field and item
-(``input[3].image``, ``messages[0].content[1].image_url``) and the limit involved, and the cheap
-checks (item count, text length, encoded image size) all run before any image is decoded.
+(``input[3].image``, ``input[2].video[3]``, ``messages[0].content[1].image_url``) and the limit
+involved, and the cheap checks (item count, text length, frame count, encoded image size) all run
+before any image is decoded.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from unime.serve.images import RemoteFetch, load_request_image
 from unime.serve.settings import ServeSettings
 
 Item = str | dict[str, Any]
-_ITEM_KEYS = ("text", "image", "instruction")
+_ITEM_KEYS = ("text", "image", "video", "instruction")
 _FORMATS = ("float", "base64")
 
 
@@ -59,9 +61,11 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
 
 
 def parse_embedding_request(
-    payload: dict[str, Any], settings: ServeSettings, fetch_remote: RemoteFetch | None
+    payload: dict[str, Any], settings: ServeSettings, fetch_remote: RemoteFetch | None,
+    video_frames: int | None = None,
 ) -> EmbeddingRequest:
-    """Validate a request object and decode its images. Raises :class:`APIError`."""
+    """Validate a request object and decode its images. Raises :class:`APIError`. ``video_frames``:
+    the frames the model samples from a video (a shorter frame list is refused here)."""
     model = payload.get("model")
     if model is not None and not isinstance(model, str):
         raise APIError(400, f"'model' must be a string, not {_kind(model)}", param="model")
@@ -93,7 +97,7 @@ def parse_embedding_request(
         return EmbeddingRequest(items=[_load_message_image(item, image_param, settings, fetch_remote)],
                                 encoding_format=encoding_format, dimensions=dimensions)
     raw_items = _raw_items(payload, settings)
-    checked = [(_check_item(raw, param, settings), param) for raw, param in raw_items]
+    checked = [(_check_item(raw, param, settings, video_frames), param) for raw, param in raw_items]
     items = [_load_images(item, param, settings, fetch_remote) for item, param in checked]
     return EmbeddingRequest(items=items, encoding_format=encoding_format, dimensions=dimensions)
 
@@ -240,7 +244,7 @@ def _raw_items(payload: dict[str, Any], settings: ServeSettings) -> list[tuple[A
     return [(v, f"input[{i}]") for i, v in enumerate(value)]
 
 
-def _check_item(raw: Any, param: str, settings: ServeSettings) -> Item:
+def _check_item(raw: Any, param: str, settings: ServeSettings, video_frames: int | None = None) -> Item:
     """Type and length checks of one input; images are still encoded strings here."""
     if isinstance(raw, str):
         return _check_text(raw, param, settings)
@@ -260,12 +264,37 @@ def _check_item(raw: Any, param: str, settings: ServeSettings) -> Item:
         value = raw.get(key)
         if value is None:
             continue
+        if key == "video":
+            item[key] = _check_video(value, f"{param}.video", settings, video_frames)
+            continue
         if not isinstance(value, str):
             raise APIError(400, f"{param}.{key} must be a string, not {_kind(value)}", param=f"{param}.{key}")
         item[key] = value if key == "image" else _check_text(value, f"{param}.{key}", settings)
-    if "text" not in item and "image" not in item:
-        raise APIError(400, f"{param} needs a 'text' or an 'image'", param=param)
+    if "text" not in item and "image" not in item and "video" not in item:
+        raise APIError(400, f"{param} needs a 'text', an 'image' or a 'video'", param=param)
+    if "image" in item and "video" in item:
+        raise APIError(400, f"{param} has an 'image' and a 'video': an input takes one of them", param=param)
     return item
+
+
+def _check_video(value: Any, param: str, settings: ServeSettings, video_frames: int | None) -> list[str]:
+    """A video item: a list of frame image strings, within the frame limits (not decoded yet)."""
+    if not isinstance(value, list):
+        raise APIError(400, f"{param} must be a list of frame images (data URLs or base64), not {_kind(value)}",
+                       param=param)
+    if not value:
+        raise APIError(400, f"{param} is an empty list of frames", param=param)
+    if len(value) > settings.max_video_frames:
+        raise APIError(413, f"{param} has {len(value)} frames; the limit is max_video_frames="
+                       f"{settings.max_video_frames}", param=param, code="max_video_frames")
+    for index, frame in enumerate(value):
+        if not isinstance(frame, str) or not frame:
+            raise APIError(400, f"{param}[{index}] must be a non-empty image string, not {_kind(frame)}",
+                           param=f"{param}[{index}]")
+    if video_frames is not None and len(value) < video_frames:
+        raise APIError(400, f"{param} has {len(value)} frames, fewer than the {video_frames} the model samples "
+                       "from a video", param=param)
+    return value
 
 
 def _check_text(text: str, param: str, settings: ServeSettings) -> str:
@@ -292,8 +321,13 @@ def _check_text(text: str, param: str, settings: ServeSettings) -> str:
 def _load_images(
     item: Item, param: str, settings: ServeSettings, fetch_remote: RemoteFetch | None
 ) -> str | Image.Image | dict[str, Any]:
-    if isinstance(item, str) or "image" not in item:
+    if isinstance(item, str) or ("image" not in item and "video" not in item):
         return item
+    if "video" in item:
+        frames = [load_request_image(frame, param=f"{param}.video[{index}]", max_bytes=settings.max_image_bytes,
+                                     max_pixels=settings.max_image_pixels, fetch_remote=fetch_remote)
+                  for index, frame in enumerate(item["video"])]
+        return {**item, "video": frames}
     image = load_request_image(
         item["image"],
         param=f"{param}.image",
@@ -356,18 +390,23 @@ def openapi_operation(settings: ServeSettings) -> dict[str, Any]:
         "description": "a data:image/...;base64, URL, bare base64"
         + (", or an http(s) URL" if settings.allow_remote_images else ""),
     }
+    video = {"type": "array", "minItems": 1, "maxItems": settings.max_video_frames, "items": image,
+             "description": "a video's frames in order, each an image string; sampled to the model's video_frames"}
     item = {
         "type": "object",
         "properties": {
             "text": nullable_text,
             "image": {"anyOf": [image, {"type": "null"}]},
+            "video": {"anyOf": [video, {"type": "null"}]},
             "instruction": nullable_text,
         },
         "additionalProperties": False,
         "anyOf": [
             {"required": ["text"], "properties": {"text": text}},
             {"required": ["image"], "properties": {"image": image}},
+            {"required": ["video"], "properties": {"video": video}},
         ],
+        "not": {"required": ["image", "video"], "properties": {"image": image, "video": video}},
     }
     one = {"anyOf": [text, item]}
     # vLLM's chat form: one input per request (docs/serving.md, "The messages form").
@@ -476,7 +515,7 @@ def openapi_operation(settings: ServeSettings) -> dict[str, Any]:
         "400": refusal("malformed JSON, a wrong field, both 'input' and 'messages', an undecodable image, an "
                        "input the model rejects"),
         "404": refusal("'model' names another model"),
-        "413": refusal("a size limit (body, items, text, image bytes or pixels)"),
+        "413": refusal("a size limit (body, items, text, image bytes or pixels, video frames)"),
         "500": refusal("the model failed for another reason"),
         "503": refusal(
             "more than max_queued_items items are waiting, or the encoder stopped",

@@ -31,6 +31,7 @@ class ServeSettings:
         max_image_bytes: most encoded (compressed) bytes of one image.
         max_image_pixels: most pixels (width x height) of one image, read from its header before
             decoding; also installed as PIL's ``Image.MAX_IMAGE_PIXELS`` decompression-bomb guard.
+        max_video_frames: most frames in one video item (each frame is an image under the image limits).
         max_body_bytes: most bytes of a request body, counted while reading, chunked bodies
             included.
         api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <api_key>``.
@@ -49,6 +50,7 @@ class ServeSettings:
     max_text_chars: int = 32_768
     max_image_bytes: int = 10 * MIB
     max_image_pixels: int = 4096 * 4096
+    max_video_frames: int = 64
     max_body_bytes: int = 64 * MIB
     # Kept out of repr: a logged or printed settings object (a traceback's locals) must not show it.
     api_key: str | None = field(default=None, repr=False)
@@ -66,6 +68,7 @@ class ServeSettings:
             "max_text_chars",
             "max_image_bytes",
             "max_image_pixels",
+            "max_video_frames",
             "max_body_bytes",
         ):
             value = getattr(self, name)

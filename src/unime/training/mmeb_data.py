@@ -4,7 +4,10 @@ Layout (TIGER-Lab/MMEB-train): ``DATA/<Dataset>/*.parquet`` (or ``*.jsonl``), or
 data set directly in ``DATA``, with the columns ``qry``, ``qry_image_path``, ``pos_text``,
 ``pos_image_path`` and optionally ``neg_text``, ``neg_image_path``; image paths are relative to an
 image root. Query texts carry the instruction and MMEB's ``<|image_1|>`` placeholder, which the
-model maps to its backbone's image token.
+model maps to its backbone's image token. MMEB-V2-style video rows put a video in
+``qry_video_path`` / ``pos_video_path`` / ``neg_video_path`` instead of an image: a video file or a
+folder of extracted frames (image files, in name order), relative to the image root; image rows
+and video rows may share a data set and so a batch (docs/video.md).
 
 - :func:`load_mmeb_train` reads and validates the rows up front (columns, empty sides, image files
   present and readable as images), so a bad row fails before any model work, naming data set, file
@@ -43,11 +46,15 @@ from unime.io.jsonl import iter_jsonl, text_lines
 logger = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".parquet", ".jsonl")
-COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
+COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path",
+           "qry_video_path", "pos_video_path", "neg_video_path")
 REQUIRED_COLUMNS = ("qry", "pos_text")
 # Sides of a pair: (name used in messages and dataset columns, MMEB text column, MMEB image column).
 _SIDES = (("query", "qry", "qry_image_path"), ("positive", "pos_text", "pos_image_path"),
           ("negative", "neg_text", "neg_image_path"))
+_VIDEO_COLUMNS = {"query": "qry_video_path", "positive": "pos_video_path", "negative": "neg_video_path"}
+#: Files of a frames folder taken as frames (the image decoder reads the format from the content).
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 class BadRow(ValueError):
@@ -150,21 +157,30 @@ def _check_columns(dataset: str, path: Path, names: list[str], where: str | None
 
 def _side(row: dict[str, Any], text_column: str, image_column: str, where: str, image_root: Path,
           label: str) -> dict[str, str] | None:
-    """``{"text", "image"}`` of one side of a row (image: absolute path or ""), None when absent."""
-    text, image = row.get(text_column), row.get(image_column)
-    for column, value in ((text_column, text), (image_column, image)):
+    """``{"text", "image"}`` of one side of a row (image: absolute path or ""), with ``"video"`` (an
+    absolute path) when the side has a video; None when absent."""
+    video_column = _VIDEO_COLUMNS[label]
+    text, image, video = row.get(text_column), row.get(image_column), row.get(video_column)
+    for column, value in ((text_column, text), (image_column, image), (video_column, video)):
         if value is not None and not isinstance(value, str):
             raise BadRow(f"{where}: column {column} must be a string, got {type(value).__name__}")
-    text, image = text or "", (image or "").strip()
-    if not text.strip() and not image:
+    text, image, video = text or "", (image or "").strip(), (video or "").strip()
+    if not text.strip() and not image and not video:
         return None
+    if image and video:
+        raise BadRow(f"{where}: the {label} has an image ({image_column}) and a video ({video_column}); "
+                     "a side takes one of them")
     if MMEB_IMAGE_PLACEHOLDER in text and not image:
         raise BadRow(f"{where}: the {label} text refers to an image ({MMEB_IMAGE_PLACEHOLDER}) but "
                      f"{image_column} is empty")
     if image:
         path = Path(image)
         image = str(path if path.is_absolute() else image_root / path)
-    return {"text": text, "image": image}
+    side = {"text": text, "image": image}
+    if video:
+        path = Path(video)
+        side["video"] = str(path if path.is_absolute() else image_root / path)
+    return side
 
 
 def _parse_row(row: dict[str, Any], where: str, image_root: Path) -> dict[str, Any]:
@@ -192,14 +208,35 @@ def _images(row: dict[str, Any]) -> list[str]:
     return [row[label]["image"] for label, _, _ in _SIDES if label in row and row[label]["image"]]
 
 
+def _videos(row: dict[str, Any]) -> list[str]:
+    return [row[label]["video"] for label, _, _ in _SIDES if label in row and row[label].get("video")]
+
+
+def frame_files(folder: Path) -> list[str]:
+    """The frames of a frames folder: its image files (:data:`FRAME_SUFFIXES`) in name order."""
+    return [str(path) for path in sorted(folder.iterdir()) if path.suffix.lower() in FRAME_SUFFIXES
+            and path.is_file()]
+
+
+def _video_problem(path: str) -> str | None:
+    """Why ``path`` cannot be used as a video (None when it can), checked up front without decoding:
+    a file that exists, or a folder that holds frames. Frames are decoded when the row is batched."""
+    video = Path(path)
+    if video.is_dir():
+        return None if frame_files(video) else f"video frames folder {video} holds no image files"
+    return None if video.is_file() else f"video file not found: {video}"
+
+
 def _check_images(rows: list[dict[str, Any]], workers: int = 8) -> list[str | None]:
     """One problem (or None) per row, reading image headers on a few threads (it is I/O bound)."""
     paths = sorted({path for row in rows for path in _images(row)})
     with ThreadPoolExecutor(max_workers=workers) as pool:
         problems = dict(zip(paths, pool.map(_image_problem, paths), strict=True))
+    videos = {path: _video_problem(path) for row in rows for path in _videos(row)}
     result: list[str | None] = []
     for row in rows:
         found = [problems[path] for path in _images(row) if problems[path]]
+        found += [videos[path] for path in _videos(row) if videos[path]]
         result.append(f"{row['row']}: {found[0]}" if found else None)
     return result
 
@@ -261,6 +298,9 @@ def _columns(name: str, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     elif with_negative:
         logger.warning("dataset %s: %d of %d rows have an explicit negative; explicit negatives are not "
                        "used for this data set", name, with_negative, len(rows))
+    if any(_videos(row) for row in rows):
+        # One struct type per column: every side of a data set with videos has the "video" field.
+        rows = [{**row, **{key: {"video": "", **row[key]} for key in keys}} for row in rows]
     return {key: [row[key] for row in rows] for key in [*keys, "row"]}
 
 
@@ -320,13 +360,17 @@ class MMEBTrainCollator(SentenceTransformerDataCollator):
     """
 
     skip_bad_rows: bool = False
+    #: Frames sampled from each video (the model's ``video_frames``): videos are decoded here, naming
+    #: the row; None leaves the file or the frame list to the model, which decodes it when embedding.
+    video_frames: int | None = None
     skipped: int = field(default=0, init=False)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         rows = []
         for feature in features:
             try:
-                rows.append(self.inputs(feature))
+                rows.append(self.inputs(feature) if self.video_frames is None
+                            else self.inputs(feature, self.video_frames))
             except (FileNotFoundError, ValueError) as error:
                 if not self.skip_bad_rows:
                     raise
@@ -337,7 +381,7 @@ class MMEBTrainCollator(SentenceTransformerDataCollator):
         return super().__call__(rows)
 
     @staticmethod
-    def inputs(feature: dict[str, Any]) -> dict[str, Any]:
+    def inputs(feature: dict[str, Any], video_frames: int | None = None) -> dict[str, Any]:
         where = feature.get("row", "row")
         result: dict[str, Any] = {}
         if "dataset_name" in feature:
@@ -347,11 +391,27 @@ class MMEBTrainCollator(SentenceTransformerDataCollator):
             if label in feature:
                 side = feature[label]
                 image = load_image(side["image"], where) if side["image"] else None
-                result[label] = EmbedInput(text=side["text"] or None, image=image)
+                video = _row_video(side.get("video"), video_frames, f"{where}, {label}")
+                result[label] = EmbedInput(text=side["text"] or None, image=image, video=video)
                 if label != "query":
-                    ids.append(content_id(side["text"], side["image"]))
+                    ids.append(content_id(side["text"], side["image"] or side.get("video")))
         result["label"] = ids
         return result
+
+
+def _row_video(path: str | None, frames: int | None, where: str) -> Any:
+    """A side's video for :class:`~unime.inputs.EmbedInput`: the frames of a frames folder or a video
+    file, sampled to ``frames`` here (errors name the row and the file); with ``frames`` None, the
+    frame list or the file path as they are. None without a video."""
+    if not path:
+        return None
+    folder = Path(path)
+    video: Any = frame_files(folder) if folder.is_dir() else path
+    if frames is None:
+        return video
+    from unime.io.video import load_video
+
+    return load_video(video, frames, where)
 
 
 def content_id(text: str | None, image: str | None) -> int:

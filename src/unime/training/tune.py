@@ -125,7 +125,8 @@ def build_trainer(model: Any, data: Any, recipe: TuneRecipe, callbacks: list[Any
 
         collator = JudgeTrainCollator(preprocess_fn=model.preprocess, skip_bad_rows=recipe.skip_bad_rows)
     else:
-        collator = MMEBTrainCollator(preprocess_fn=model.preprocess, skip_bad_rows=recipe.skip_bad_rows)
+        collator = MMEBTrainCollator(preprocess_fn=model.preprocess, skip_bad_rows=recipe.skip_bad_rows,
+                                     video_frames=model.unime_config.video_frames)
     loss = with_matryoshka(build_loss(model, recipe), model, recipe.matryoshka_dims)
     trainer = UniMETrainer(model=model, args=args, train_dataset=data.datasets, loss=loss,
                            data_collator=collator, callbacks=callbacks)
