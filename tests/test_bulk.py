@@ -144,7 +144,7 @@ def test_a_killed_process_resumes_without_a_lost_or_repeated_row(model_dir, fold
         ("bad.jsonl", '{"id": 1, "text": "x"}\n{"text": "y"}\n', "bad.jsonl line 2: no 'id', but"),
         ("bad.jsonl", '{"id": 1, "text": "x"}\n{"id": "2", "text": "y"}\n', "bad.jsonl line 2: id '2' is a str"),
         ("bad.jsonl", '{"id": true, "text": "x"}\n', "bad.jsonl line 1: 'id' must be an integer"),
-        ("bad.csv", "id,text\na,one\nb,\n", "bad.csv line 3: an input needs a text or an image"),
+        ("bad.csv", "id,text\na,one\nb,\n", "bad.csv line 3: an input needs a text, an image or a video"),
         ("bad.csv", "text,caption\nx,y\n", "bad.csv line 2: unknown keys ['caption']"),
         ("bad.csv", "id,text\nk,one\nk,two\n", ["bad.csv line 3: id 'k' repeats ", "bad.csv line 2's"]),
         ("bad.rows", "x", "unknown extension '.rows': the input must be .jsonl, .csv or .parquet"),
@@ -165,7 +165,7 @@ def test_bad_parquet_rows_and_columns_are_named(folder):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"text": ["a", None, "c"], "image": [None, None, "gone.png"]}), folder / "r.parquet")
-    with pytest.raises(ValueError, match=r"r.parquet row 1: an input needs a text or an image"):
+    with pytest.raises(ValueError, match=r"r.parquet row 1: an input needs a text, an image or a video"):
         read_input_rows(folder / "r.parquet")
     pq.write_table(pa.table({"text": ["a"], "score": [1.0]}), folder / "c.parquet")
     with pytest.raises(ValueError, match=r"c.parquet: unknown columns \['score'\]"):
