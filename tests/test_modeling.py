@@ -59,7 +59,7 @@ def test_llava_onevision_prompts_are_the_processor_chat_template_string_for_stri
 
 
 def test_every_required_family_has_an_adapter():
-    assert {"qwen2_vl", "qwen2_5_vl", "llava_next", "llava_onevision", "llava", "phi3_v"} <= set(families())
+    assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next", "llava_onevision", "llava", "phi3_v"} <= set(families())
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -88,6 +88,7 @@ def _reference_embeddings(folder, prompts, images):
         classes = {
             "qwen2_vl": processors.ImageOnlyQwen2VLProcessor,
             "qwen2_5_vl": processors.ImageOnlyQwen2_5_VLProcessor,
+            "qwen3_vl": processors.ImageOnlyQwen3VLProcessor,
             "llava_onevision": processors.ImageOnlyLlavaOnevisionProcessor,
         }
         model_type = json.loads((folder / "config.json").read_text())["model_type"]

@@ -2,7 +2,7 @@
 
 Image-only processors, for families whose processor also owns a video processor.
 
-Without torchvision the video processors of Qwen2-VL, Qwen2.5-VL and LLaVA-OneVision cannot be
+Without torchvision the video processors of Qwen2-VL, Qwen2.5-VL, Qwen3-VL and LLaVA-OneVision cannot be
 built, and ``AutoProcessor`` then silently returns the bare tokenizer: the model would accept text
 only, with no error. These subclasses leave the video slot empty. ``from_pretrained`` reads the
 argument names of ``__init__``, hence the explicit signatures.
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import LlavaOnevisionProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor
+from transformers import LlavaOnevisionProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
@@ -25,6 +25,11 @@ class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
 
 
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs):
+        super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
+
+
+class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs):
         super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
 
