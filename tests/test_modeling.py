@@ -90,6 +90,7 @@ def _reference_embeddings(folder, prompts, images):
             "qwen2_vl": processors.ImageOnlyQwen2VLProcessor,
             "qwen2_5_vl": processors.ImageOnlyQwen2_5_VLProcessor,
             "qwen3_vl": processors.ImageOnlyQwen3VLProcessor,
+            "qwen3_vl_moe": processors.ImageOnlyQwen3VLProcessor,
             "llava_onevision": processors.ImageOnlyLlavaOnevisionProcessor,
         }
         model_type = json.loads((folder / "config.json").read_text())["model_type"]

@@ -263,18 +263,19 @@ def test_qlora_and_full_tuning_run_and_save_a_loadable_model(tuning, tiny_model_
     assert all(before[k].dtype == after[k].dtype for k in before)
 
 
-def test_a_lora_step_on_qwen3_vl_trains_its_language_model(tiny_model_factory, mmeb_train, tmp_path):
-    """Qwen3-VL (DeepStack vision features, interleaved M-RoPE): one LoRA step of stage 2 on the whole
-    model (scope "all": every linear layer), merged and saved: the decoder's and the vision tower's
-    linear layers changed, the token embeddings (no LoRA there) did not."""
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe"])
+def test_a_lora_step_on_qwen3_vl_trains_its_language_model(family, tiny_model_factory, mmeb_train, tmp_path):
+    """Qwen3-VL (DeepStack vision features, interleaved M-RoPE; MoE: fused experts): one LoRA step of
+    stage 2 on the whole model (scope "all": every linear layer), merged and saved: the decoder's and
+    the vision tower's linear layers changed, the token embeddings (no LoRA there) did not."""
     data, images = mmeb_train
-    folder = tiny_model_factory("qwen3_vl")
+    folder = tiny_model_factory(family)
     recipe = TuneRecipe(model=str(folder), data=str(data), image_root=str(images), output_dir=str(tmp_path / "q3"),
                         tuning="lora", scope="all", batch_size=4, mini_batch_size=2, num_hard_negatives=2,
                         image_size=32, max_steps=1, warmup_steps=0, bf16=False)
     out = tune(recipe)
     model = unime.load(str(out))
-    assert model.backbone.family == "qwen3_vl" and model.unime_config.stages == ["tune"]
+    assert model.backbone.family == family and model.unime_config.stages == ["tune"]
     assert not (out / "adapter_config.json").exists()
     state = json.loads((out / "checkpoints" / "checkpoint-1" / "trainer_state.json").read_text())
     (step,) = [entry for entry in state["log_history"] if "loss" in entry]

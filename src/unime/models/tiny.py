@@ -30,7 +30,7 @@ from unime.models.default import (  # noqa: F401
     smollm2_text_config,
 )
 
-TINY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "llava_onevision", "fast_vlm")
+TINY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava", "llava_next", "llava_onevision", "fast_vlm")
 
 # A ChatML template in the layout of the released LLaVA-OneVision one: images first, then text.
 ONEVISION_CHAT_TEMPLATE = (
@@ -180,8 +180,15 @@ def _build_qwen(family: str, image_size: int) -> tuple[Any, Any]:
 
 def _build_qwen3_vl(family: str, image_size: int, hidden_size: int = 64) -> tuple[Any, Any]:
     """Qwen3-VL: 16 px patches merged 2 x 2, DeepStack features of both vision blocks added to both
-    decoder layers, interleaved M-RoPE; the head size is fixed (16), so any ``hidden_size`` works."""
-    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    decoder layers, interleaved M-RoPE; the head size is fixed (16), so any ``hidden_size`` works.
+    ``qwen3_vl_moe``: the same with 4 experts (2 per token) in every decoder layer."""
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLMoeConfig,
+        Qwen3VLMoeForConditionalGeneration,
+    )
 
     from unime.processors import ImageOnlyQwen3VLProcessor
 
@@ -197,10 +204,13 @@ def _build_qwen3_vl(family: str, image_size: int, hidden_size: int = 64) -> tupl
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
                   spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden_size,
                   num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
-    config = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                           vision_end_token_id=ids["<|vision_end|>"])
-    model = Qwen3VLForConditionalGeneration(config)
+    common = dict(vision_config=vision, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    if family == "qwen3_vl_moe":
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+        model = Qwen3VLMoeForConditionalGeneration(Qwen3VLMoeConfig(text_config=text, **common))
+    else:
+        model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, **common))
     factor = 32  # patch 16 x merge 2
     image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
                                             min_pixels=factor * factor,
@@ -308,7 +318,8 @@ def make_tiny(family: str, out_dir: str | Path, *, image_size: int | None = None
 
     ``image_size`` defaults to 32 px, 64 for ``fast_vlm`` (its tower downsamples by 32: 2 x 2 image
     tokens, so the order in which the feature map is flattened matters in the tests).
-    ``hidden_size``: the language model's width (the embedding size), ``qwen3_vl`` only (default 64);
+    ``hidden_size``: the language model's width (the embedding size), ``qwen3_vl`` / ``qwen3_vl_moe``
+    only (default 64);
     e.g. a released checkpoint's width, to exercise its Matryoshka sizes.
     """
     if family not in TINY_FAMILIES:
@@ -316,12 +327,12 @@ def make_tiny(family: str, out_dir: str | Path, *, image_size: int | None = None
             f"--family {family!r} cannot be built offline; choose one of {', '.join(TINY_FAMILIES)}"
             + (" (phi3_v exists only as hub remote code)" if family == "phi3_v" else "")
         )
-    if hidden_size is not None and family != "qwen3_vl":
-        raise ValueError(f"hidden_size is a setting of the qwen3_vl tiny model, not of {family}")
+    if hidden_size is not None and not family.startswith("qwen3_vl"):
+        raise ValueError(f"hidden_size is a setting of the qwen3_vl tiny models, not of {family}")
     if image_size is None:
         image_size = 64 if family == "fast_vlm" else 32
     torch.manual_seed(seed)
-    if family == "qwen3_vl":
+    if family.startswith("qwen3_vl"):
         model, processor = _build_qwen3_vl(family, image_size, hidden_size or 64)
     else:
         builders = {"qwen2_vl": _build_qwen, "qwen2_5_vl": _build_qwen, "fast_vlm": _build_fast_vlm}
