@@ -500,8 +500,9 @@ def test_preprocessing_threads_give_the_embeddings_of_one_thread(tiny_model_fact
 
 def test_vlm2vec_protocol_refuses_qwen3_vl_which_vlm2vec_never_supported(tiny_model_factory, mmeb_rows):
     dataset = mmeb_rows[0]
-    with pytest.raises(ValueError, match=r"VLM2Vec v1 never supported Qwen3-VL \(qwen3_vl\).*--protocol unime"):
-        vlm2vec_format("qwen3_vl")
+    for family in ("qwen3_vl", "qwen3_vl_moe"):
+        with pytest.raises(ValueError, match=rf"VLM2Vec v1 never supported Qwen3-VL \({family}\).*--protocol unime"):
+            vlm2vec_format(family)
     with pytest.raises(ValueError, match="cannot embed a qwen3_vl model"):
         MMEBProtocol("vlm2vec").input_format("qwen3_vl")
     assert MMEBProtocol("unime").input_format("qwen3_vl") is PROMPTED

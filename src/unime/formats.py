@@ -31,9 +31,10 @@ VLM2VEC_FAMILIES = ("phi3_v", "llava_next", "qwen2_vl", "qwen2_5_vl")
 #: rules it has for their nearest relative (Qwen2-VL's bare image token and sequential image
 #: positions) would be a guess, not a reproduction.
 VLM2VEC_REFUSED = {
-    "qwen3_vl": "VLM2Vec v1 never supported Qwen3-VL (qwen3_vl): its eval.py has no backbone for it, so there "
-                "is no VLM2Vec input format to reproduce; evaluate with --protocol unime (the model's own "
-                "prompts, Qwen3-VL-Embedding's conventions included)",
+    family: f"VLM2Vec v1 never supported Qwen3-VL ({family}): its eval.py has no backbone for it, so there "
+            "is no VLM2Vec input format to reproduce; evaluate with --protocol unime (the model's own "
+            "prompts, Qwen3-VL-Embedding's conventions included)"
+    for family in ("qwen3_vl", "qwen3_vl_moe")
 }
 #: ``--max_len`` of UniME's README commands; other families are not truncated.
 VLM2VEC_MAX_LENGTH: dict[str, int] = {"phi3_v": 256, "llava_next": 4096}
