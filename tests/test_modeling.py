@@ -456,7 +456,7 @@ def _card_reference(folder, texts, images):
     return torch.nn.functional.normalize(hidden[torch.arange(len(texts)), last], dim=-1).numpy()
 
 
-def test_qwen3_vl_embedding_loads_with_its_own_conventions(qwen3_embedding_2b, images):
+def test_qwen3_vl_embedding_loads_with_its_own_conventions(qwen3_embedding_2b, images, tmp_path):
     from unime.releases import QWEN3_VL_EMBEDDING_INSTRUCTION, released_checkpoint
 
     folder = qwen3_embedding_2b
@@ -501,6 +501,16 @@ def test_qwen3_vl_embedding_loads_with_its_own_conventions(qwen3_embedding_2b, i
     expected = _card_reference(folder, texts, [None, images[0], images[1], None])
     assert got.shape == (4, 2048)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    assert config.fill_instruction(config.image_prompt) == CARD_IMAGE  # what captioning paths render
+    # Saved as a unime model, it keeps every convention (the pixel bounds with its processor).
+    model.save(str(tmp_path / "saved"))
+    assert "for an input given none: `\"Represent the user's input.\"`" in (tmp_path / "saved" / "README.md").read_text()
+    saved = unime.load(str(tmp_path / "saved"))
+    assert saved.unime_config.to_dict() == {**config.to_dict()}
+    size = saved[0].processor.image_processor.size
+    assert (size.shortest_edge, size.longest_edge) == (4096, 1843200)
+    np.testing.assert_allclose(saved.encode(inputs, batch_size=4), got, atol=1e-6)
 
     # Its Matryoshka sizes: a trained size is cut without a warning and normalised again.
     import warnings

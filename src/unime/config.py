@@ -134,6 +134,13 @@ class UniMEConfig:
             return self.default_instruction
         return text if unicodedata.category(text[-1]).startswith("P") else f"{text}."
 
+    def fill_instruction(self, prompt: str, instruction: str | None = None) -> str:
+        """``prompt`` (e.g. ``image_prompt``) with ``instruction`` (or the default) in its
+        ``<instruction>`` slot; as it is where the prompts have none."""
+        if not self.instruction_in_prompt:
+            return prompt
+        return prompt.replace(INSTRUCTION_SLOT, self.slot_instruction(instruction))
+
     def fill_joint(self, content: str, instruction: str | None = None) -> str:
         """``joint_prompt`` with ``content`` in ``<content>``; where the prompts have an
         ``<instruction>`` slot, ``instruction`` (or the default) fills it, each slot filled once."""
