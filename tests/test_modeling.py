@@ -539,3 +539,24 @@ def test_qwen3_vl_embedding_conventions_need_the_hub_id(qwen3_embedding_2b, tmp_
     (wrong / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_vl"}))
     with pytest.raises(ValueError, match="named as Qwen/Qwen3-VL-Embedding-8B, a qwen3_vl model, but its config says"):
         unime.load(str(wrong))
+
+
+def test_instruction_slot_settings_are_checked_and_filled_once():
+    from unime.config import UniMEConfig
+    from unime.releases import QWEN3_VL_EMBEDDING_PROMPTS
+
+    with pytest.raises(ValueError, match="need a default_instruction"):
+        UniMEConfig(family="qwen3_vl", **QWEN3_VL_EMBEDDING_PROMPTS)
+    with pytest.raises(ValueError, match="every prompt needs '<instruction>': missing in image_prompt"):
+        UniMEConfig(family="qwen3_vl", **{**QWEN3_VL_EMBEDDING_PROMPTS, "image_prompt": "<image>"},
+                    default_instruction="Represent it.")
+    with pytest.raises(ValueError, match="non-empty"):
+        UniMEConfig(family="qwen3_vl", **QWEN3_VL_EMBEDDING_PROMPTS, default_instruction=" ")
+    config = UniMEConfig(family="qwen3_vl", **QWEN3_VL_EMBEDDING_PROMPTS, default_instruction="Represent it.",
+                         content_separator="")
+    # Content that names a slot stays as it is; the instruction goes to the system turn alone.
+    assert config.fill_joint("say <instruction> and <content>", "Find it") == (
+        "<|im_start|>system\nFind it.<|im_end|>\n<|im_start|>user\nsay <instruction> and <content>"
+        f"{QWEN3_END}")
+    assert config.slot_instruction("  Find it!  ") == "Find it!" and config.slot_instruction(None) == "Represent it."
+    assert UniMEConfig.from_dict(config.to_dict()) == config
