@@ -25,12 +25,14 @@ def _photo(height: int, width: int, mode: str = "RGB", seed: int = 0) -> Image.I
 SIZES = [(1344, 1344), (375, 500), (20, 30), (56, 56), (900, 60), (28, 700)]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_fitted_images_give_the_processors_pixels(tiny_model_factory, family):
     model = unime.load(str(tiny_model_factory(family)))
     module = model[0]
     image_processor = module.processor.image_processor
-    for settings in ({}, {"size": {"shortest_edge": 256 * 28 * 28, "longest_edge": 1280 * 28 * 28}}):
+    # The folder's bounds, Qwen2-VL's usual ones and Qwen3-VL-Embedding's (multiples of 32 x 32).
+    for settings in ({}, {"size": {"shortest_edge": 256 * 28 * 28, "longest_edge": 1280 * 28 * 28}},
+                     {"size": {"shortest_edge": 4 * 32 * 32, "longest_edge": 1800 * 32 * 32}}):
         previous = image_processor.size
         for name, value in settings.items():
             setattr(image_processor, name, value)

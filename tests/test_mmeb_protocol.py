@@ -23,7 +23,7 @@ from transformers import BatchFeature
 
 import unime
 from unime.backbones import get_backbone
-from unime.evaluation.mmeb import MMEBProtocol, load_mmeb_dataset
+from unime.evaluation.mmeb import MMEBProtocol, evaluate_mmeb, load_mmeb_dataset
 from unime.formats import PROMPTED, ImageResize, InputFormat, vlm2vec_format
 from unime.processors import pad_samples
 
@@ -496,3 +496,19 @@ def test_preprocessing_threads_give_the_embeddings_of_one_thread(tiny_model_fact
     monkeypatch.setenv("UNIME_PREPROCESS_WORKERS", "zero")
     with pytest.raises(ValueError, match="UNIME_PREPROCESS_WORKERS"):
         model.encode(inputs[:2])
+
+
+def test_vlm2vec_protocol_refuses_qwen3_vl_which_vlm2vec_never_supported(tiny_model_factory, mmeb_rows):
+    dataset = mmeb_rows[0]
+    for family in ("qwen3_vl", "qwen3_vl_moe"):
+        with pytest.raises(ValueError, match=rf"VLM2Vec v1 never supported Qwen3-VL \({family}\).*--protocol unime"):
+            vlm2vec_format(family)
+    with pytest.raises(ValueError, match="cannot embed a qwen3_vl model"):
+        MMEBProtocol("vlm2vec").input_format("qwen3_vl")
+    assert MMEBProtocol("unime").input_format("qwen3_vl") is PROMPTED
+    model = unime.load(str(tiny_model_factory("qwen3_vl")))
+    with pytest.raises(ValueError, match="VLM2Vec v1 never supported Qwen3-VL"):
+        evaluate_mmeb(model, [dataset], protocol=MMEBProtocol("vlm2vec"))
+    assert model.input_format is PROMPTED  # refused before anything changed
+    metrics = evaluate_mmeb(model, [dataset], protocol=MMEBProtocol("unime"))
+    assert 0.0 <= metrics["mmeb/Rows/precision@1"] <= 100.0

@@ -12,6 +12,7 @@ from transformers import AutoModel, AutoProcessor
 
 import unime
 from unime.backbones import families, get_backbone
+from unime.inputs import EmbedInput
 from unime.models.tiny import TINY_FAMILIES
 
 OFFICIAL = {
@@ -59,7 +60,7 @@ def test_llava_onevision_prompts_are_the_processor_chat_template_string_for_stri
 
 
 def test_every_required_family_has_an_adapter():
-    assert {"qwen2_vl", "qwen2_5_vl", "llava_next", "llava_onevision", "llava", "phi3_v"} <= set(families())
+    assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next", "llava_onevision", "llava", "phi3_v"} <= set(families())
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -88,6 +89,8 @@ def _reference_embeddings(folder, prompts, images):
         classes = {
             "qwen2_vl": processors.ImageOnlyQwen2VLProcessor,
             "qwen2_5_vl": processors.ImageOnlyQwen2_5_VLProcessor,
+            "qwen3_vl": processors.ImageOnlyQwen3VLProcessor,
+            "qwen3_vl_moe": processors.ImageOnlyQwen3VLProcessor,
             "llava_onevision": processors.ImageOnlyLlavaOnevisionProcessor,
         }
         model_type = json.loads((folder / "config.json").read_text())["model_type"]
@@ -375,3 +378,185 @@ def test_the_embedding_is_the_final_normed_state_at_the_pooled_position(tiny_mod
     before = torch.nn.functional.normalize(captured["before"][0, -1].float(), dim=-1)
     torch.testing.assert_close(got[0].float(), after, atol=1e-5, rtol=0)
     assert (got[0].float() - before).abs().max() > 1e-3  # the norm changes the direction: the test can tell
+
+
+# ----------------------------------------------------------------------------- Qwen3-VL and Qwen3-VL-Embedding
+
+QWEN3_USER = "<|im_start|>user\n"
+QWEN3_END = "<|im_end|>\n<|im_start|>assistant\n"
+QWEN3_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def test_qwen3_vl_prompts_and_token_ids(tiny_model_factory, images):
+    """UniME's bodies in ChatML as Qwen3-VL's template writes it (no default system turn, unlike
+    Qwen2-VL's), string for string; the processor expands the image token to one pad per 2 x 2
+    merged 16 px patches, between the vision markers."""
+    model = unime.load(str(tiny_model_factory("qwen3_vl")))
+    config, processor = model.unime_config, model[0].processor
+    assert config.text_prompt == f"{QWEN3_USER}<sent>\nSummary above sentence in one word:{QWEN3_END}"
+    assert config.image_prompt == f"{QWEN3_USER}{QWEN3_IMAGE}\nSummary above image in one word:{QWEN3_END}"
+    assert config.joint_prompt == f"{QWEN3_USER}<content>{QWEN3_END}"
+    assert (config.padding_side, config.default_instruction) == ("left", None)
+    assert (processor.image_processor.patch_size, processor.image_processor.merge_size) == (16, 2)
+    model.set_mode("joint")
+    assert model[0].render(EmbedInput(text="a dog", image=images[0], instruction="Find it"))[0] == (
+        f"{QWEN3_USER}{QWEN3_IMAGE}\nFind it\na dog{QWEN3_END}")
+    tokenizer = processor.tokenizer
+    features = model.preprocess([images[0]])  # 40 x 48 px -> 32 x 64: 2 x 4 patches, 1 x 2 merged tokens
+    assert features["image_grid_thw"].tolist() == [[1, 2, 4]]
+    ids = features["input_ids"][0].tolist()
+    expected = tokenizer(config.image_prompt.replace("<|image_pad|>", "<|image_pad|>" * 2))["input_ids"]
+    assert ids == expected
+    pad, start, end = (tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>"))
+    assert ids.count(pad) == 2 and ids[ids.index(start) + 3] == end
+    assert tokenizer.convert_ids_to_tokens(ids[:2]) == ["<|im_start|>", "user"]
+
+
+# The model card's conversation (Qwen3VLEmbedder.format_model_input, the vLLM / SGLang examples): the
+# instruction as the system turn's text, the image then the text as the user's content, the
+# generation prompt; written out by hand here as Qwen3-VL's chat template renders it.
+CARD_QUERY = ("<|im_start|>system\nRetrieve images or text relevant to the user's query.<|im_end|>\n"
+              "<|im_start|>user\nA woman playing with her dog on a beach at sunset.<|im_end|>\n"
+              "<|im_start|>assistant\n")
+CARD_DOCUMENT = ("<|im_start|>system\nRepresent the user's input.<|im_end|>\n"
+                 "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>A woman shares a joyful moment."
+                 "<|im_end|>\n<|im_start|>assistant\n")
+CARD_IMAGE = ("<|im_start|>system\nRepresent the user's input.<|im_end|>\n"
+              "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.fixture(scope="module")
+def qwen3_embedding_2b(tmp_path_factory):
+    """A tiny random Qwen3-VL as wide as Qwen3-VL-Embedding-2B (2048), where the hub cache keeps that
+    release: recognised by its hub id without the network."""
+    from unime.models.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp("hub")
+    folder = root / "models--Qwen--Qwen3-VL-Embedding-2B" / "snapshots" / "0123abc"
+    make_tiny("qwen3_vl", folder, hidden_size=2048)
+    return folder
+
+
+def _card_reference(folder, texts, images):
+    """Qwen3VLEmbedder.process by hand: one right-padded processor call, the headless model's
+    last_hidden_state at the last attended position of each row, L2 norm."""
+    from unime.processors import ImageOnlyQwen3VLProcessor
+
+    processor = ImageOnlyQwen3VLProcessor.from_pretrained(folder)
+    processor.tokenizer.padding_side = "right"
+    processor.image_processor.size = {"shortest_edge": 4 * 32 * 32, "longest_edge": 1800 * 32 * 32}
+    model = AutoModel.from_pretrained(folder).eval()
+    kwargs = {"text": texts, "padding": True, "return_tensors": "pt"}
+    if any(image is not None for image in images):
+        kwargs["images"] = [image for image in images if image is not None]
+    with torch.no_grad():
+        inputs = processor(**kwargs)
+        hidden = model(**inputs).last_hidden_state
+    last = inputs["attention_mask"].shape[1] - 1 - inputs["attention_mask"].flip(dims=[1]).argmax(dim=1)
+    return torch.nn.functional.normalize(hidden[torch.arange(len(texts)), last], dim=-1).numpy()
+
+
+def test_qwen3_vl_embedding_loads_with_its_own_conventions(qwen3_embedding_2b, images, tmp_path):
+    from unime.releases import QWEN3_VL_EMBEDDING_INSTRUCTION, released_checkpoint
+
+    folder = qwen3_embedding_2b
+    assert released_checkpoint(str(folder)) == "Qwen/Qwen3-VL-Embedding-2B"
+    assert released_checkpoint("qwen/qwen3-vl-embedding-8b") == "Qwen/Qwen3-VL-Embedding-8B"
+    model = unime.load(str(folder))
+    config, module = model.unime_config, model[0]
+    assert (config.family, config.mode, config.normalize, config.pooling) == ("qwen3_vl", "joint", True, "lasttoken")
+    assert config.default_instruction == QWEN3_VL_EMBEDDING_INSTRUCTION == "Represent the user's input."
+    assert config.matryoshka_dims == [2048, 1536, 1024, 768, 512, 256]
+    size = module.processor.image_processor.size
+    assert (size.shortest_edge, size.longest_edge) == (4096, 1843200)
+
+    # Queries carry their instruction in the system turn (a period added where the card's code adds
+    # one); candidates get the default instruction, never an instruction inside the user's turn.
+    query = EmbedInput(text="A woman playing with her dog on a beach at sunset.",
+                       instruction="Retrieve images or text relevant to the user's query")
+    assert module.render(query)[0] == CARD_QUERY
+    assert module.render(EmbedInput(text=query.text, instruction=query.instruction + ".  "))[0] == CARD_QUERY
+    document = EmbedInput(text="A woman shares a joyful moment.", image=images[0])
+    assert module.render(document)[0] == CARD_DOCUMENT
+    assert module.render(EmbedInput(image=images[0]))[0] == CARD_IMAGE
+    assert module.render(EmbedInput(text="<|image_1|>A woman shares a joyful moment.", image=images[0]))[0] == (
+        CARD_DOCUMENT)
+    assert module.render(EmbedInput(text="What?", instruction="Is it so?"))[0].startswith(
+        "<|im_start|>system\nIs it so?<|im_end|>\n")  # ends in punctuation: kept as it is
+    # The same strings as the processor's chat template renders the card's conversations.
+    conversation = [{"role": "system", "content": [{"type": "text", "text": "Represent the user's input."}]},
+                    {"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": "A woman shares a joyful moment."}]}]
+    assert module.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False) == (
+        CARD_DOCUMENT)
+
+    # The embedding: the final normed state at the last token of the generation prompt, L2-normalised,
+    # as the card's Qwen3VLEmbedder computes it (right padding, the last attended position).
+    inputs = [{"text": query.text, "instruction": query.instruction}, {"text": document.text, "image": images[0]},
+              images[1], "a short one"]
+    got = model.encode(inputs, batch_size=4)
+    texts = [CARD_QUERY, CARD_DOCUMENT, CARD_IMAGE, CARD_QUERY.replace(
+        "Retrieve images or text relevant to the user's query.", "Represent the user's input.").replace(
+        query.text, "a short one")]
+    expected = _card_reference(folder, texts, [None, images[0], images[1], None])
+    assert got.shape == (4, 2048)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    assert config.fill_instruction(config.image_prompt) == CARD_IMAGE  # what captioning paths render
+    # Saved as a unime model, it keeps every convention (the pixel bounds with its processor).
+    model.save(str(tmp_path / "saved"))
+    assert "for an input given none: `\"Represent the user's input.\"`" in (tmp_path / "saved" / "README.md").read_text()
+    saved = unime.load(str(tmp_path / "saved"))
+    assert saved.unime_config.to_dict() == {**config.to_dict()}
+    size = saved[0].processor.image_processor.size
+    assert (size.shortest_edge, size.longest_edge) == (4096, 1843200)
+    np.testing.assert_allclose(saved.encode(inputs, batch_size=4), got, atol=1e-6)
+
+    # Its Matryoshka sizes: a trained size is cut without a warning and normalised again.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.set_dimensions(256)
+    cut = model.encode(inputs, batch_size=4)
+    assert cut.shape == (4, 256)
+    np.testing.assert_allclose(cut, got[:, :256] / np.linalg.norm(got[:, :256], axis=1, keepdims=True), atol=1e-5)
+    with pytest.warns(UserWarning, match="not optimised in training"):
+        model.set_dimensions(100)
+
+
+def test_qwen3_vl_embedding_conventions_need_the_hub_id(qwen3_embedding_2b, tmp_path):
+    # The same weights in a folder of another name: a plain Qwen3-VL with UniME's prompts.
+    copy = tmp_path / "Qwen3-VL-Embedding-2B"
+    shutil.copytree(qwen3_embedding_2b, copy)
+    model = unime.load(str(copy))
+    assert model.unime_config.default_instruction is None and model.unime_config.mode == "sum"
+    assert model.unime_config.text_prompt == f"{QWEN3_USER}<sent>\nSummary above sentence in one word:{QWEN3_END}"
+    # A folder named as the release that is no Qwen3-VL is refused, not embedded with its conventions.
+    wrong = tmp_path / "hub" / "models--Qwen--Qwen3-VL-Embedding-8B" / "snapshots" / "1"
+    shutil.copytree(qwen3_embedding_2b, wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    (wrong / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_vl"}))
+    with pytest.raises(ValueError, match="named as Qwen/Qwen3-VL-Embedding-8B, a qwen3_vl model, but its config says"):
+        unime.load(str(wrong))
+
+
+def test_instruction_slot_settings_are_checked_and_filled_once():
+    from unime.config import UniMEConfig
+    from unime.releases import QWEN3_VL_EMBEDDING_PROMPTS
+
+    with pytest.raises(ValueError, match="need a default_instruction"):
+        UniMEConfig(family="qwen3_vl", **QWEN3_VL_EMBEDDING_PROMPTS)
+    with pytest.raises(ValueError, match="every prompt needs '<instruction>': missing in image_prompt"):
+        UniMEConfig(family="qwen3_vl", **{**QWEN3_VL_EMBEDDING_PROMPTS, "image_prompt": "<image>"},
+                    default_instruction="Represent it.")
+    with pytest.raises(ValueError, match="non-empty"):
+        UniMEConfig(family="qwen3_vl", **QWEN3_VL_EMBEDDING_PROMPTS, default_instruction=" ")
+    config = UniMEConfig(family="qwen3_vl", **QWEN3_VL_EMBEDDING_PROMPTS, default_instruction="Represent it.",
+                         content_separator="")
+    # Content that names a slot stays as it is; the instruction goes to the system turn alone.
+    assert config.fill_joint("say <instruction> and <content>", "Find it") == (
+        "<|im_start|>system\nFind it.<|im_end|>\n<|im_start|>user\nsay <instruction> and <content>"
+        f"{QWEN3_END}")
+    assert config.slot_instruction("  Find it!  ") == "Find it!" and config.slot_instruction(None) == "Represent it."
+    assert UniMEConfig.from_dict(config.to_dict()) == config

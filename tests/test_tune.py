@@ -263,6 +263,35 @@ def test_qlora_and_full_tuning_run_and_save_a_loadable_model(tuning, tiny_model_
     assert all(before[k].dtype == after[k].dtype for k in before)
 
 
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe"])
+def test_a_lora_step_on_qwen3_vl_trains_its_language_model(family, tiny_model_factory, mmeb_train, tmp_path):
+    """Qwen3-VL (DeepStack vision features, interleaved M-RoPE; MoE: fused experts): one LoRA step of
+    stage 2 on the whole model (scope "all": every linear layer), merged and saved: the decoder's and
+    the vision tower's linear layers changed, the token embeddings (no LoRA there) did not."""
+    data, images = mmeb_train
+    folder = tiny_model_factory(family)
+    recipe = TuneRecipe(model=str(folder), data=str(data), image_root=str(images), output_dir=str(tmp_path / "q3"),
+                        tuning="lora", scope="all", batch_size=4, mini_batch_size=2, num_hard_negatives=2,
+                        image_size=32, max_steps=1, warmup_steps=0, bf16=False)
+    out = tune(recipe)
+    model = unime.load(str(out))
+    assert model.backbone.family == family and model.unime_config.stages == ["tune"]
+    assert not (out / "adapter_config.json").exists()
+    state = json.loads((out / "checkpoints" / "checkpoint-1" / "trainer_state.json").read_text())
+    (step,) = [entry for entry in state["log_history"] if "loss" in entry]
+    assert np.isfinite(step["loss"]) and step["grad_norm"] > 0
+    before = unime.load(str(folder)).state_dict()
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("language_model" in k and "q_proj.weight" in k for k in changed), changed
+    assert any(".visual.blocks." in k and "attn.qkv.weight" in k for k in changed), changed
+    assert not any("embed_tokens" in k for k in changed), changed
+    embeddings = model.encode([{"text": "<|image_1|>\nRepresent the given image.", "image": str(images / "train/1.png")},
+                               "answer 1"])
+    assert embeddings.shape == (2, 64) and np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- UniME-V2: judge-file training
 
 

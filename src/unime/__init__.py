@@ -40,8 +40,9 @@ def load(
     mode: str | None = None,
     **kwargs: Any,
 ) -> UniMEModel:
-    """Load a UniME embedding model: a saved unime model, a released UniME checkpoint, a base
-    MLLM (local folder or hub id), or a LoRA adapter folder on top of its base.
+    """Load a UniME embedding model: a saved unime model, a released checkpoint (UniME's, or
+    Qwen3-VL-Embedding's with its own prompts: :mod:`unime.releases`), a base MLLM (local folder or
+    hub id), or a LoRA adapter folder on top of its base.
 
     Args:
         name_or_path: local folder or hub id. Hub ids are only fetched when given explicitly.
@@ -50,8 +51,8 @@ def load(
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` (bfloat16 where the device has
             native bf16 kernels, float32 elsewhere: :func:`unime.environment.compute_dtype`); float32 when None.
         mode: ``"sum"`` or ``"joint"`` for inputs that carry both text and image; overrides the
-            saved setting. None: the saved setting; ``joint`` for a released UniME checkpoint
-            named by hub id (:mod:`unime.releases`); ``sum`` for any other plain folder.
+            saved setting. None: the saved setting; ``joint`` for a released checkpoint named by
+            hub id (:mod:`unime.releases`); ``sum`` for any other plain folder.
 
     Returns:
         A :class:`unime.modeling.UniMEModel` (a ``sentence_transformers.SentenceTransformer``).

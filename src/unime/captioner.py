@@ -53,7 +53,7 @@ class CaptionFormat:
 def caption_format(unime_config: Any, image_token: str, tokenizer: Any, instruction: str) -> CaptionFormat:
     """The caption turn in the chat format of the saved prompts (see the module docstring)."""
     content = f"{image_token}\n{instruction}" if instruction else image_token
-    prompt = unime_config.joint_prompt.replace(CONTENT_SLOT, content)
+    prompt = unime_config.fill_joint(content)
     after_content = unime_config.joint_prompt.split(CONTENT_SLOT, 1)[1]
     # The user's turn ends with the format's end-of-turn token; the assistant's ends alike.
     specials = sorted(set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {})),

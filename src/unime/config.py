@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 # Placeholders inside the saved prompt strings. ``<sent>`` is the official UniME placeholder.
 TEXT_SLOT = "<sent>"
 CONTENT_SLOT = "<content>"
+# Where a released checkpoint's prompts put the task instruction (Qwen3-VL-Embedding: its system turn).
+INSTRUCTION_SLOT = "<instruction>"
 # MMEB writes images as ``<|image_1|>`` in the query text, whatever the backbone.
 MMEB_IMAGE_PLACEHOLDER = "<|image_1|>"
 #: The instruction after the image when a model captions (``unime caption``, ``unime align``).
@@ -35,7 +37,9 @@ class UniMEConfig:
         text_prompt: prompt for a text; ``<sent>`` is replaced by the text.
         image_prompt: prompt for an image, containing the backbone's image token.
         joint_prompt: prompt for an instruction and/or several modalities in one sequence;
-            ``<content>`` is replaced by ``image token + instruction + text``.
+            ``<content>`` is replaced by ``image token + instruction + text`` (joined by
+            ``content_separator``; the instruction goes to ``<instruction>`` instead where the prompts
+            have that slot).
         mode: how an input with both text and image is embedded: ``"sum"`` (each part with its own
             prompt, embeddings summed, as the paper's stage-1 inference) or ``"joint"`` (one
             sequence, as stage 2 and MMEB).
@@ -52,6 +56,14 @@ class UniMEConfig:
             them (``dimensions``) is what training prepared; another size is allowed with a warning.
         video_frames: the frames a video input is sampled to, uniformly over the clip or the list
             of frames (docs/video.md); part of what an embedding is, so saved with the model.
+        default_instruction: None for UniME's prompts. Set, all three prompts carry an
+            ``<instruction>`` slot (a released checkpoint with the task in its system turn,
+            Qwen3-VL-Embedding): an input's instruction fills it, stripped and ended with a period
+            when its last character is no punctuation (as that release's ``format_model_input``
+            does), and this instruction fills it for every input given none (candidates included).
+        content_separator: what joins the image token, instruction and text inside ``<content>``:
+            a newline for UniME's prompts; ``""`` for a release whose chat template writes an image
+            item and the text after it with nothing between (Qwen3-VL-Embedding).
         unime_version: version that wrote the file.
         extra: unknown keys read from a newer file, kept and written back unchanged.
     """
@@ -68,6 +80,8 @@ class UniMEConfig:
     stages: list[str] = field(default_factory=list)
     matryoshka_dims: list[int] | None = None
     video_frames: int = 8
+    default_instruction: str | None = None
+    content_separator: str = "\n"
     unime_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +96,17 @@ class UniMEConfig:
             raise ValueError(f"text_prompt must contain {TEXT_SLOT!r}: {self.text_prompt!r}")
         if CONTENT_SLOT not in self.joint_prompt:
             raise ValueError(f"joint_prompt must contain {CONTENT_SLOT!r}: {self.joint_prompt!r}")
+        prompts = {"text_prompt": self.text_prompt, "image_prompt": self.image_prompt,
+                   "joint_prompt": self.joint_prompt}
+        if self.default_instruction is not None:
+            if not self.default_instruction.strip():
+                raise ValueError("default_instruction must be a non-empty string or None")
+            missing = sorted(name for name, prompt in prompts.items() if INSTRUCTION_SLOT not in prompt)
+            if missing:
+                raise ValueError(f"default_instruction is set, so every prompt needs {INSTRUCTION_SLOT!r}: "
+                                 f"missing in {', '.join(missing)}")
+        elif any(INSTRUCTION_SLOT in prompt for prompt in prompts.values()):
+            raise ValueError(f"prompts with {INSTRUCTION_SLOT!r} need a default_instruction")
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         from unime.io.video import check_frames
@@ -97,6 +122,37 @@ class UniMEConfig:
             from unime import __version__
 
             self.unime_version = __version__
+
+    @property
+    def instruction_in_prompt(self) -> bool:
+        """Whether the prompts carry the ``<instruction>`` slot (``default_instruction`` is set)."""
+        return self.default_instruction is not None
+
+    def slot_instruction(self, instruction: str | None) -> str:
+        """What fills ``<instruction>``: the input's instruction stripped and ended with a period when
+        its last character is no punctuation (Unicode category P*), else ``default_instruction``."""
+        import unicodedata
+
+        text = (instruction or "").strip()
+        if not text:
+            if self.default_instruction is None:
+                raise ValueError("these prompts have no instruction slot")
+            return self.default_instruction
+        return text if unicodedata.category(text[-1]).startswith("P") else f"{text}."
+
+    def fill_instruction(self, prompt: str, instruction: str | None = None) -> str:
+        """``prompt`` (e.g. ``image_prompt``) with ``instruction`` (or the default) in its
+        ``<instruction>`` slot; as it is where the prompts have none."""
+        if not self.instruction_in_prompt:
+            return prompt
+        return prompt.replace(INSTRUCTION_SLOT, self.slot_instruction(instruction))
+
+    def fill_joint(self, content: str, instruction: str | None = None) -> str:
+        """``joint_prompt`` with ``content`` in ``<content>``; where the prompts have an
+        ``<instruction>`` slot, ``instruction`` (or the default) fills it, each slot filled once."""
+        pieces = self.joint_prompt.split(INSTRUCTION_SLOT)
+        filled = [piece.replace(CONTENT_SLOT, content) for piece in pieces]
+        return self.slot_instruction(instruction).join(filled) if self.instruction_in_prompt else filled[0]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -27,6 +27,15 @@ VLM2VEC_MAX_SIDE = 1344
 
 #: The families VLM2Vec v1 has a backbone for (the others get the same rules; docs/evaluation.md).
 VLM2VEC_FAMILIES = ("phi3_v", "llava_next", "qwen2_vl", "qwen2_5_vl")
+#: Families the VLM2Vec protocol refuses, with the reason: VLM2Vec v1 has no code for them, and the
+#: rules it has for their nearest relative (Qwen2-VL's bare image token and sequential image
+#: positions) would be a guess, not a reproduction.
+VLM2VEC_REFUSED = {
+    family: f"VLM2Vec v1 never supported Qwen3-VL ({family}): its eval.py has no backbone for it, so there "
+            "is no VLM2Vec input format to reproduce; evaluate with --protocol unime (the model's own "
+            "prompts, Qwen3-VL-Embedding's conventions included)"
+    for family in ("qwen3_vl", "qwen3_vl_moe")
+}
 #: ``--max_len`` of UniME's README commands; other families are not truncated.
 VLM2VEC_MAX_LENGTH: dict[str, int] = {"phi3_v": 256, "llava_next": 4096}
 #: VLM2Vec v1 runs Phi-3.5-V with ``--num_crops 4``, an attribute of its image processor.
@@ -149,7 +158,10 @@ def vlm2vec_format(family: str, image_resolution: str = "high", max_length: int 
     ``max_pixels`` of VLM2Vec's ``load_processor`` belong to its demos, never to ``eval.py``.
     Qwen2-VL and Qwen2.5-VL image tokens take sequential text positions (``sequential_positions``);
     image files are read as stored, their EXIF orientation not applied (``Image.open``).
+    A family in :data:`VLM2VEC_REFUSED` (Qwen3-VL) is a ValueError that says why.
     """
+    if family in VLM2VEC_REFUSED:
+        raise ValueError(f"the vlm2vec MMEB protocol cannot embed a {family} model: {VLM2VEC_REFUSED[family]}")
     resize = None if family == "phi3_v" else resolution_resize(image_resolution)
     if max_length is None:
         max_length = VLM2VEC_MAX_LENGTH.get(family)

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unime.config import CONTENT_SLOT
 from unime.io.integrity import write_json_atomic
 
 __all__ = ["JUDGE_INSTRUCTION", "Judge", "JudgeRow", "judge_content", "judge_file", "read_judge_file",
@@ -101,7 +100,7 @@ class Judge:
     def prompt(self, query: tuple[str, Any], candidate: tuple[str, Any]) -> tuple[str, list[Any]]:
         """The whole prompt of one pair (the model's chat format as saved with it) and its images."""
         content, images = judge_content(query, candidate, self.captioner.backbone.image_token)
-        return self.captioner.embedder.unime_config.joint_prompt.replace(CONTENT_SLOT, content), images
+        return self.captioner.embedder.unime_config.fill_joint(content), images
 
     def score(self, pairs: Sequence[tuple[tuple[str, Any], tuple[str, Any]]], batch_size: int = 8) -> list[float]:
         import torch

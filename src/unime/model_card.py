@@ -54,6 +54,8 @@ def render_model_card(config: UniMEConfig, info: dict[str, Any], model_id: str =
         f"- text prompt: `{config.text_prompt!r}`",
         f"- image prompt: `{config.image_prompt!r}`",
         f"- joint prompt: `{config.joint_prompt!r}`",
+        *([f"- instruction: in the prompts' `<instruction>` slot; for an input given none: "
+           f"`{config.default_instruction!r}`"] if config.default_instruction is not None else []),
         "", "## Usage", "", "With unime:", "", "```python", "import unime", "",
         f'model = unime.load("{model_id}")',
         'embeddings = model.encode(["a photo of a cat", {"image": "cat.jpg"},',

@@ -29,13 +29,13 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 from transformers import ProcessorMixin
 
 from unime.backbones import Backbone, get_backbone
-from unime.config import CONTENT_SLOT, MMEB_IMAGE_PLACEHOLDER, TEXT_SLOT, UniMEConfig
+from unime.config import CONTENT_SLOT, INSTRUCTION_SLOT, MMEB_IMAGE_PLACEHOLDER, TEXT_SLOT, UniMEConfig
 from unime.formats import PROMPTED, InputFormat
 from unime.inputs import EmbedInput, load_image, to_input
 from unime.io.video import load_video
 from unime.model_names import check_model_files, check_model_name
 from unime.processors import image_processor_settings, pad_samples
-from unime.releases import default_mode
+from unime.releases import find_release
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +204,8 @@ class UniMETransformer(Transformer):
                 f"{where}: in 'sum' mode text and image are embedded separately; use UniMEModel.encode, "
                 "or set the model's mode to 'joint'"
             )
+        if config.instruction_in_prompt:
+            return self._render_instruction_slot(item, text, placeholders, visual), images, videos
         if not item.has_visual and item.instruction is None:
             return config.text_prompt.replace(TEXT_SLOT, text), images, videos
         if not item.has_text and item.instruction is None:
@@ -220,7 +222,7 @@ class UniMETransformer(Transformer):
             parts.append(item.instruction)
         if item.has_text:
             parts.append(text)
-        return config.joint_prompt.replace(CONTENT_SLOT, "\n".join(parts)), images, videos
+        return config.joint_prompt.replace(CONTENT_SLOT, config.content_separator.join(parts)), images, videos
 
     def _media(self, item: EmbedInput, where: str, raw: bool) -> tuple[list[Any], list[list[Any]], str]:
         """The images, the videos and the prompt text that stands for the input's image or video."""
@@ -242,6 +244,26 @@ class UniMETransformer(Transformer):
         if backbone.video_rendering == "native":
             return [], [frames], visual
         return frames, [], visual
+
+
+    def _render_instruction_slot(self, item: EmbedInput, text: str | None, placeholders: int, visual: str) -> str:
+        """Prompts with an ``<instruction>`` slot (Qwen3-VL-Embedding's system turn): the input's
+        instruction, or the default one, goes there, never into the content. ``visual`` is what stands
+        for the image or the video (the image token, or the backbone's video placeholder)."""
+        config = self.unime_config
+        token = self.backbone.image_token
+        if not item.has_visual:
+            prompt, slot, content = config.text_prompt, TEXT_SLOT, text
+        elif not item.has_text:
+            prompt, slot, content = config.image_prompt.replace(token, visual), None, None
+        else:
+            parts = ([visual] if placeholders == 0 else []) + [text]
+            prompt, slot, content = config.joint_prompt, CONTENT_SLOT, config.content_separator.join(parts)
+        # Each slot of the saved prompt is filled once: text that happens to contain a slot name stays as it is.
+        pieces = prompt.split(INSTRUCTION_SLOT)
+        if slot is not None:
+            pieces = [piece.replace(slot, content) for piece in pieces]
+        return config.slot_instruction(item.instruction).join(pieces)
 
     def _images(self, item: EmbedInput, where: str) -> list[Any]:
         # The saved unime_config.image_size is the training size, not applied here: inference
@@ -701,6 +723,18 @@ def build_model(
     return UniMEModel(modules=modules, device=device)
 
 
+def _set_pixel_bounds(processor: Any, min_pixels: int, max_pixels: int) -> None:
+    """Resize images to between ``min_pixels`` and ``max_pixels`` (a Qwen-VL image processor's ``size``)."""
+    image_processor = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None)
+    if isinstance(size, dict) and "shortest_edge" in size:
+        image_processor.size = {**size, "shortest_edge": min_pixels, "longest_edge": max_pixels}
+    elif dataclasses.is_dataclass(size) and hasattr(size, "shortest_edge"):  # transformers' SizeDict
+        image_processor.size = dataclasses.replace(size, shortest_edge=min_pixels, longest_edge=max_pixels)
+    else:
+        raise ValueError(f"{type(image_processor).__name__} has no pixel bounds to set")
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -730,10 +764,19 @@ def load_model(
             str(path), device=device, trust_remote_code=trust_remote_code, model_kwargs=model_kwargs, **kwargs
         )
     else:
+        release = find_release(str(name_or_path))
+        if release is not None and kwargs.get("unime") is None and release.unime_config() is not None:
+            model_type = read_model_type(str(name_or_path), trust_remote_code)
+            if model_type != release.family:
+                raise ValueError(f"{name_or_path}: named as {release.hub_id}, a {release.family} model, but its "
+                                 f"config says {model_type}")
+            kwargs["unime"] = release.unime_config()
         model = build_model(name_or_path, trust_remote_code=trust_remote_code, device=device, dtype=dtype, **kwargs)
-        if mode is None:
-            # A released UniME checkpoint is instruction tuned (stage 2): one joint sequence.
-            mode = default_mode(str(name_or_path))
+        if release is not None and release.image_pixels is not None:
+            _set_pixel_bounds(model[0].processor, *release.image_pixels)
+        if mode is None and release is not None:
+            # Released checkpoints embed text and image as one sequence (UniME's are stage-2 models).
+            mode = release.mode
     if mode is not None:
         model.set_mode(mode)
     return model

@@ -2,7 +2,7 @@
 
 Image-only processors, for families whose processor also owns a video processor.
 
-Without torchvision the video processors of Qwen2-VL, Qwen2.5-VL and LLaVA-OneVision cannot be
+Without torchvision the video processors of Qwen2-VL, Qwen2.5-VL, Qwen3-VL and LLaVA-OneVision cannot be
 built, and ``AutoProcessor`` then silently returns the bare tokenizer: the model would accept text
 only, with no error. These subclasses leave the video slot empty (LLaVA-OneVision) or fill it with
 :class:`QwenFramesVideoProcessor` (Qwen2-VL, Qwen2.5-VL), which prepares already sampled frames with
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import LlavaOnevisionProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor
+from transformers import LlavaOnevisionProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
 
 #: The frame rate Qwen2.5-VL's temporal positions assume for a video's sampled frames (the
 #: reference's default, 2 per second: ``second_per_grid_ts`` = temporal_patch_size / 2 = 1.0).
@@ -104,6 +104,11 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs):
         super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
         self.video_processor = QwenFramesVideoProcessor(image_processor)
+
+
+class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs):
+        super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
 
 
 class ImageOnlyLlavaOnevisionProcessor(LlavaOnevisionProcessor):

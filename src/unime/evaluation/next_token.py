@@ -33,7 +33,7 @@ def next_token_topk(model: str | Path, images: Sequence[str], *, k: int = 8, bat
         for start in range(0, len(images), batch_size):
             chunk = [load_image(path, f"image {start + i}", image_size)
                      for i, path in enumerate(images[start:start + batch_size])]
-            features = captioner.processor(text=[config.image_prompt] * len(chunk), images=chunk,
+            features = captioner.processor(text=[config.fill_instruction(config.image_prompt)] * len(chunk), images=chunk,
                                            return_tensors="pt", padding=True)
             logits = captioner.model(**features, use_cache=False).logits[:, -1].float()
             probs = torch.softmax(logits, dim=-1)

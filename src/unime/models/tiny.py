@@ -30,7 +30,7 @@ from unime.models.default import (  # noqa: F401
     smollm2_text_config,
 )
 
-TINY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "llava_onevision", "fast_vlm")
+TINY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava", "llava_next", "llava_onevision", "fast_vlm")
 
 # A ChatML template in the layout of the released LLaVA-OneVision one: images first, then text.
 ONEVISION_CHAT_TEMPLATE = (
@@ -50,6 +50,20 @@ FAST_VLM_CHAT_TEMPLATE = (
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{{ '\\n' + content['text'] }}{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# The layout of the chat template of the released Qwen3-VL Instruct checkpoints, tools and thinking left
+# out: a system turn only when one is given (its text parts), typed image items written as
+# <|vision_start|><|image_pad|><|vision_end|> and text items appended as they are, no separator.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
@@ -164,6 +178,48 @@ def _build_qwen(family: str, image_size: int) -> tuple[Any, Any]:
     return model, processor
 
 
+def _build_qwen3_vl(family: str, image_size: int, hidden_size: int = 64) -> tuple[Any, Any]:
+    """Qwen3-VL: 16 px patches merged 2 x 2, DeepStack features of both vision blocks added to both
+    decoder layers, interleaved M-RoPE; the head size is fixed (16), so any ``hidden_size`` works.
+    ``qwen3_vl_moe``: the same with 4 experts (2 per token) in every decoder layer."""
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLMoeConfig,
+        Qwen3VLMoeForConditionalGeneration,
+    )
+
+    from unime.processors import ImageOnlyQwen3VLProcessor
+
+    tokenizer = build_tokenizer(["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                                 "<|image_pad|>", "<|video_pad|>"])
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>",
+                                                            "<|vision_start|>", "<|vision_end|>")}
+    # mrope_section sums to head_dim / 2 (16 -> 8), in the released proportions (24, 20, 20 of 64).
+    text = _text_config(len(tokenizer), hidden_size, intermediate_size=128, head_dim=16,
+                        rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0,
+                                         "mrope_section": [4, 2, 2], "mrope_interleaved": True})
+    # num_position_embeddings is a square (an 8 x 8 grid of learned positions, interpolated).
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden_size,
+                  num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
+    common = dict(vision_config=vision, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    if family == "qwen3_vl_moe":
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+        model = Qwen3VLMoeForConditionalGeneration(Qwen3VLMoeConfig(text_config=text, **common))
+    else:
+        model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, **common))
+    factor = 32  # patch 16 x merge 2
+    image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                            min_pixels=factor * factor,
+                                            max_pixels=max(image_size * image_size, factor * factor * 4))
+    processor = ImageOnlyQwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                          chat_template=QWEN3_VL_CHAT_TEMPLATE)
+    return model, processor
+
+
 def _build_llava(family: str, image_size: int) -> tuple[Any, Any]:
     tokenizer = build_tokenizer(["<image>", "<video>", "<|im_start|>", "<|im_end|>"])
     image_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -256,23 +312,31 @@ def _build_fast_vlm(family: str, image_size: int) -> tuple[Any, Any]:
     return model, processor
 
 
-def make_tiny(family: str, out_dir: str | Path, *, image_size: int | None = None, seed: int = 0) -> Path:
+def make_tiny(family: str, out_dir: str | Path, *, image_size: int | None = None, seed: int = 0,
+              hidden_size: int | None = None) -> Path:
     """Write a small random model of ``family`` to ``out_dir`` and return the folder.
 
     ``image_size`` defaults to 32 px, 64 for ``fast_vlm`` (its tower downsamples by 32: 2 x 2 image
     tokens, so the order in which the feature map is flattened matters in the tests).
+    ``hidden_size``: the language model's width (the embedding size), ``qwen3_vl`` / ``qwen3_vl_moe``
+    only (default 64);
+    e.g. a released checkpoint's width, to exercise its Matryoshka sizes.
     """
     if family not in TINY_FAMILIES:
         raise ValueError(
             f"--family {family!r} cannot be built offline; choose one of {', '.join(TINY_FAMILIES)}"
             + (" (phi3_v exists only as hub remote code)" if family == "phi3_v" else "")
         )
+    if hidden_size is not None and not family.startswith("qwen3_vl"):
+        raise ValueError(f"hidden_size is a setting of the qwen3_vl tiny models, not of {family}")
     if image_size is None:
         image_size = 64 if family == "fast_vlm" else 32
     torch.manual_seed(seed)
-    builders = {"qwen2_vl": _build_qwen, "qwen2_5_vl": _build_qwen, "fast_vlm": _build_fast_vlm}
-    builder = builders.get(family, _build_llava)
-    model, processor = builder(family, image_size)
+    if family.startswith("qwen3_vl"):
+        model, processor = _build_qwen3_vl(family, image_size, hidden_size or 64)
+    else:
+        builders = {"qwen2_vl": _build_qwen, "qwen2_5_vl": _build_qwen, "fast_vlm": _build_fast_vlm}
+        model, processor = builders.get(family, _build_llava)(family, image_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
