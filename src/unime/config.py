@@ -28,6 +28,17 @@ POOLINGS = ("lasttoken",)
 PADDING_SIDES = ("left", "right")
 
 
+#: The most frames a video input may be sampled to (``video_frames``, ``--video-frames``).
+MAX_VIDEO_FRAMES = 64
+
+
+def check_frames(frames: int) -> int:
+    """``frames`` if it is a valid frame count (1 to :data:`MAX_VIDEO_FRAMES`), else a ValueError."""
+    if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_VIDEO_FRAMES:
+        raise ValueError(f"video frames must be an integer from 1 to {MAX_VIDEO_FRAMES}, got {frames!r}")
+    return frames
+
+
 @dataclass
 class UniMEConfig:
     """The embedding settings of a UniME model.
@@ -109,8 +120,6 @@ class UniMEConfig:
             raise ValueError(f"prompts with {INSTRUCTION_SLOT!r} need a default_instruction")
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
-        from unime.io.video import check_frames
-
         check_frames(self.video_frames)
         if self.matryoshka_dims is not None:
             dims = self.matryoshka_dims

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from unime.config import MAX_VIDEO_FRAMES, check_frames  # noqa: F401  (the frame-count rule lives with the setting)
+
 #: Frames sampled from a video when the model's config does not say otherwise (VLM2Vec-V2's default).
 DEFAULT_VIDEO_FRAMES = 8
 #: The most frames one video may be sampled to (Qwen3-VL-Embedding samples 64).
-MAX_VIDEO_FRAMES = 64
 #: The largest video file decoded (bytes).
 MAX_VIDEO_BYTES = 512 * 1024 * 1024
 #: The most frames a video file may hold (about 55 minutes at 30 frames per second).
@@ -50,13 +51,6 @@ class VideoDecodeError(ValueError):
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-def check_frames(frames: int) -> int:
-    """``frames`` if it is a valid frame count (1 to :data:`MAX_VIDEO_FRAMES`), else a ValueError."""
-    if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_VIDEO_FRAMES:
-        raise ValueError(f"video frames must be an integer from 1 to {MAX_VIDEO_FRAMES}, got {frames!r}")
-    return frames
 
 
 def sample_indices(total: int, frames: int) -> list[int]:
@@ -139,12 +133,10 @@ def decode_video(path: str | os.PathLike, frames: int, where: str = "input", *,
 def load_video(video: str | os.PathLike | Sequence[Any], frames: int, where: str = "input", *,
                max_bytes: int | None = None, max_pixels: int | None = None) -> list[Image.Image]:
     """``frames`` RGB frames of a video given as a file path (:func:`decode_video`) or as a list of
-    frames (PIL images or image paths, decoded by :func:`unime.inputs.load_image`, each named
+    frames (PIL images or image paths, decoded as image files are, each named
     ``{where}: video[i]``); sampled uniformly either way (:func:`sample_indices`)."""
     if isinstance(video, (str, os.PathLike)):
         return decode_video(video, frames, where, max_bytes=max_bytes, max_pixels=max_pixels)
-    from unime.inputs import load_image
-
     try:
         wanted = sample_indices(len(video), frames)
     except ValueError as error:
@@ -154,10 +146,26 @@ def load_video(video: str | os.PathLike | Sequence[Any], frames: int, where: str
         frame = video[index]
         name = f"{where}: video[{index}]"
         if isinstance(frame, Image.Image):
-            result.append(load_image(frame, name))
+            result.append(_to_rgb(frame))
         else:
-            result.append(load_image(frame, name) if max_pixels is None else _limited(frame, name, max_pixels))
+            result.append(_opened(frame, name) if max_pixels is None else _limited(frame, name, max_pixels))
     return result
+
+
+def _to_rgb(frame: Image.Image) -> Image.Image:
+    from unime.io.images import to_rgb
+
+    return to_rgb(frame)
+
+
+def _opened(frame: Any, where: str) -> Image.Image:
+    """A frame file opened as an image is (:func:`unime.io.images.open_image`, EXIF orientation applied)."""
+    from unime.io.images import open_image, to_rgb
+
+    path = Path(frame)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: image file not found: {path}")
+    return to_rgb(open_image(path, where))
 
 
 def _limited(frame: Any, where: str, max_pixels: int) -> Image.Image:
