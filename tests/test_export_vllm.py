@@ -161,6 +161,8 @@ class RenderOnly:
     """What :meth:`UniMETransformer.render` reads, for a family whose model cannot be built here."""
 
     render = UniMETransformer.render
+    render_media = UniMETransformer.render_media
+    _media = UniMETransformer._media
 
     def __init__(self, backbone: Any, mode: str) -> None:
         from unime.formats import PROMPTED

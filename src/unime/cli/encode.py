@@ -107,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
                        dtype=resolve_dtype(args.dtype, args.device), mode=args.mode)
     if args.video_frames is not None:
         model.update_config(video_frames=args.video_frames)
-    check_frame_lists(rows, names, model.unime_config.video_frames)
+    frames = getattr(getattr(model, "unime_config", None), "video_frames", None)
+    if frames is not None:  # a model without UniME's configuration takes no videos anyway
+        check_frame_lists(rows, names, frames)
     if args.dimensions is not None:
         model.set_dimensions(args.dimensions)
     # encode sorts by length for less padding and returns rows in input order.
