@@ -375,3 +375,22 @@ def test_cli_refuses_bad_configs_before_loading_the_model(mini: tuple[Path, dict
     assert "bad.yaml: entry 'Odd': unknown dataset_parser 'telepathy'" in capsys.readouterr().err
     assert cli.main([*base, "--config", str(configs["visdoc"]), "--sets", "Nope"]) == 2
     assert "--sets: Nope not in the configs" in capsys.readouterr().err
+
+
+def test_raw_texts_place_the_video_token_inline(mini: tuple[Path, dict[str, Path]], tiny_model_factory) -> None:
+    import unime
+
+    root, configs = mini
+    model = unime.load(str(tiny_model_factory("qwen2_vl")), device="cpu")
+    ucf = v2.load_set(next(c for c in v2.read_config(configs["video"]) if c.name == "UCF101"), v2.Layout.under(root))
+    doc = v2.load_set(next(c for c in v2.read_config(configs["visdoc"]) if c.name == "MiniDoc"), v2.Layout.under(root))
+    with v2.using_v2_protocol(model), v2.video_frames(model, ucf.frames):
+        calls = model[0].processor_calls([ucf.queries[0], doc.candidates["page-0"], doc.queries[0]])
+        with pytest.raises(ValueError, match=r"holds '<\|video_1\|>' but no video was given"):
+            model[0].processor_calls(["<|video_1|> no video here"])
+    assert calls[0]["text"] == ("<|video_pad|> What activities or sports are being performed by the person in "
+                                "the video?")
+    assert len(calls[0]["videos"][0]) == NUM_FRAMES and "images" not in calls[0]
+    assert calls[1]["text"] == "<|image_pad|> Understand the content of the provided document image."
+    assert calls[2]["text"].startswith("Find a document image that matches the given query: ")
+    assert model[0].unime_config.video_frames != NUM_FRAMES or NUM_FRAMES == 8  # restored after the block
