@@ -505,8 +505,13 @@ def _load_visdoc(config: SetConfig, layout: Layout) -> V2Set:
             data = _image_bytes(row.get("image"))
             if data is None:
                 raise FileNotFoundError(f"{at}: page image {path} not found and the row has no image bytes")
+            from unime.io.integrity import atomic_path
+
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.open(io.BytesIO(data)).save(path)
+            # Renamed into place: processes of one torchrun reading the same set never see half a page.
+            with atomic_path(path) as partial:
+                image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+                Image.open(io.BytesIO(data)).save(partial, format=image_format)
         pages[corpus_id] = str(path)
     pool = _Pool()
     queries: list[EvalInput] = []
