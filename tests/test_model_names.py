@@ -26,6 +26,8 @@ COMMANDS: dict[str, list[str]] = {
     "encode": ["encode", "--model", "MODEL", "--input", "rows.jsonl", "--output", "out.npy"],
     "caption": ["caption", "photo.jpg", "--model", "MODEL"],
     "eval mmeb": ["eval", "mmeb", "--model", "MODEL", "--data-dir", "mmeb", "--image-dir", "img", "--output", "o.json"],
+    "eval mmeb-v2": ["eval", "mmeb-v2", "--model", "MODEL", "--data-dir", "d", "--config", "image.yaml",
+                     "--output", "o.json"],
     "eval retrieval": ["eval", "retrieval", "--model", "MODEL", "--data", "karpathy.json"],
     "eval sugarcrepe": ["eval", "sugarcrepe", "--model", "MODEL", "--data-dir", "sc", "--image-dir", "img"],
     "eval sts": ["eval", "sts", "--model", "MODEL", "--data", "sick.jsonl"],

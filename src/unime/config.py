@@ -20,6 +20,8 @@ CONTENT_SLOT = "<content>"
 INSTRUCTION_SLOT = "<instruction>"
 # MMEB writes images as ``<|image_1|>`` in the query text, whatever the backbone.
 MMEB_IMAGE_PLACEHOLDER = "<|image_1|>"
+#: Where a raw (VLM2Vec) text places its video: replaced by the backbone's bare video token(s).
+MMEB_VIDEO_PLACEHOLDER = "<|video_1|>"
 #: The instruction after the image when a model captions (``unime caption``, ``unime align``).
 CAPTION_PROMPT = "Describe the image in one sentence."
 

@@ -29,7 +29,14 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 from transformers import ProcessorMixin
 
 from unime.backbones import Backbone, get_backbone
-from unime.config import CONTENT_SLOT, INSTRUCTION_SLOT, MMEB_IMAGE_PLACEHOLDER, TEXT_SLOT, UniMEConfig
+from unime.config import (
+    CONTENT_SLOT,
+    INSTRUCTION_SLOT,
+    MMEB_IMAGE_PLACEHOLDER,
+    MMEB_VIDEO_PLACEHOLDER,
+    TEXT_SLOT,
+    UniMEConfig,
+)
 from unime.formats import PROMPTED, InputFormat
 from unime.inputs import EmbedInput, load_image, to_input
 from unime.io.video import load_video
@@ -276,13 +283,21 @@ class UniMETransformer(Transformer):
         """VLM2Vec's input: the text as it is, ``<|image_1|>`` replaced by the bare image token (a
         video: the bare video token, or one bare image token per frame)."""
         token = self.backbone.raw_image_token
-        text = item.text.replace(MMEB_IMAGE_PLACEHOLDER, token) if item.text else None
+        text = item.text
         images, videos, visual = self._media(item, where, raw=True)
-        placeholders = text.count(token) if text else 0
+        inline_video = bool(text) and MMEB_VIDEO_PLACEHOLDER in text
+        if inline_video:
+            # VLM2Vec-V2 writes the video token inside the text ("<|video_pad|> instruction").
+            if not item.has_video or text.count(MMEB_VIDEO_PLACEHOLDER) > 1:
+                raise ValueError(f"{where}: the text holds {MMEB_VIDEO_PLACEHOLDER!r} "
+                                 + ("more than once" if item.has_video else "but no video was given"))
+            text = text.replace(MMEB_VIDEO_PLACEHOLDER, visual)
+        text = text.replace(MMEB_IMAGE_PLACEHOLDER, token) if text else None
+        placeholders = text.count(token) if text and not inline_video else 0
         if placeholders > (1 if item.has_image else 0):
             raise ValueError(f"{where}: the text refers to an image ({token!r}) but no image was given")
         parts = []
-        if item.has_visual and placeholders == 0:
+        if item.has_visual and placeholders == 0 and not inline_video:
             # MMEB texts always carry the placeholder; an image given without one goes first.
             parts.append(visual)
         if item.instruction:

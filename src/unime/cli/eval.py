@@ -40,7 +40,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="run a benchmark (mmeb, retrieval, sugarcrepe, sts) or compare results",
+        help="run a benchmark (mmeb, mmeb-v2, retrieval, sugarcrepe, sts) or compare results",
         description="Benchmarks of the UniME paper. Every score is a percentage.",
     )
     tasks = parser.add_subparsers(dest="task", metavar="TASK")
@@ -104,6 +104,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mmeb.add_argument("--rerank-top", type=int, default=5, help="candidates re-ordered per query (default: %(default)s)")
     mmeb.add_argument("--rerank-batch-size", type=int, default=8, help="judge pairs per batch (default: %(default)s)")
     mmeb.set_defaults(func=run_mmeb_command)
+
+    v2 = tasks.add_parser("mmeb-v2", help="MMEB-V2 (image, video, visual documents) as VLM2Vec-V2 scores it")
+    _model_options(v2)
+    v2.add_argument("--data-dir", required=True,
+                    help="root of the MMEB-V2 data: the image_root / frame_root of the YAML entries are relative to it")
+    v2.add_argument("--config", required=True, nargs="+", metavar="YAML",
+                    help="VLM2Vec-V2 eval configs (image.yaml, video.yaml, visdoc.yaml)")
+    v2.add_argument("--hf-dir", help="each set's hub data saved as parquet, one folder per dataset_name "
+                    "(default: DATA_DIR/hf)")
+    v2.add_argument("--mmeb-dir", help="MMEB-eval parquet folders for the image group (default: DATA_DIR/MMEB-eval)")
+    v2.add_argument("--sets", nargs="+", help="set names (YAML keys), space- or comma-separated (default: all)")
+    v2.add_argument("--output", required=True, help="result JSON; the markdown table goes beside it")
+    v2.add_argument("--cache-dir", help="per-set embeddings and scores (default: OUTPUT without .json + .cache)")
+    v2.add_argument("--overwrite", action="store_true", help="drop cached embeddings and scores first")
+    v2.add_argument("--chunk-size", type=int, default=1024, help="inputs per cached chunk")
+    v2.set_defaults(func=run_mmeb_v2_command)
 
     retrieval = tasks.add_parser("retrieval", help="image-text R@1/5/10 in both directions")
     _model_options(retrieval)
@@ -353,6 +369,42 @@ def _rerank_mmeb(args: argparse.Namespace, metrics: dict[str, float], scores_dir
     print(f"\nReranked: the top {args.rerank_top} of each query re-ordered by {args.rerank}\n")
     print(mmeb_markdown(summary), end="")
     return {key.replace("mmeb/", "mmeb/reranked/", 1): value for key, value in summary.items()}
+
+
+def run_mmeb_v2_command(args: argparse.Namespace) -> int:
+    from unime.evaluation.mmeb_v2 import Layout, describe_protocol, read_config, run_mmeb_v2, select_sets
+    from unime.evaluation.runner import model_identity
+    from unime.model_names import check_model_name
+
+    _check_options(args)
+    check_model_name(args.model)  # before the data is read: a wrong name is named first
+    output = Path(args.output)
+    if output.suffix.lower() != ".json":
+        raise CLIError(f"--output {output}: expected a .json file")
+    if args.chunk_size <= 0:
+        raise CLIError(f"--chunk-size must be positive, got {args.chunk_size}")
+    if not Path(args.data_dir).is_dir():
+        raise CLIError(f"--data-dir {args.data_dir}: folder not found")
+    try:
+        configs = select_sets([entry for path in args.config for entry in read_config(path)],
+                              split_names(args.sets))
+    except (OSError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    layout = Layout.under(args.data_dir, args.hf_dir, args.mmeb_dir)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else output.with_suffix(".cache")
+    model = _load_model(args)
+    run = run_mmeb_v2(model, configs, layout, cache_dir, model_id=model_identity(args.model),
+                      batch_size=args.batch_size, chunk_size=args.chunk_size, overwrite=args.overwrite,
+                      show_progress_bar=not args.no_progress)
+    config = {
+        "data_dir": args.data_dir, "hf_dir": str(layout.hf_dir), "mmeb_dir": str(layout.mmeb_dir),
+        "configs": args.config, "sets": [entry.name for entry in configs], "cache_dir": str(cache_dir),
+        "protocol": describe_protocol(model), "not_run": run.not_run, "set_notes": run.notes,
+    }
+    code = _finish(args, "mmeb-v2", run.metrics(), config)
+    for name, reason in run.not_run.items():
+        print(f"not run: {name} ({reason})")
+    return code
 
 
 def run_retrieval_command(args: argparse.Namespace) -> int:

@@ -44,18 +44,26 @@ def input_key(item: EvalInput) -> str:
     """A canonical string for an input: two inputs with the same key embed identically. An
     :class:`unime.inputs.EmbedInput` (what ``unime encode`` hands the model) keys as its dict."""
     if isinstance(item, EmbedInput):
-        item = {name: value for name in ("text", "image", "instruction")
+        item = {name: value for name in ("text", "image", "instruction", "video")
                 if (value := getattr(item, name)) is not None}
     if isinstance(item, str):
         return json.dumps(["t", item], ensure_ascii=False)
     if isinstance(item, dict):
-        unknown = set(item) - {"text", "image", "instruction"}
+        unknown = set(item) - {"text", "image", "instruction", "video"}
         if unknown:
-            raise ValueError(f"input has unknown fields {sorted(unknown)}; expected text/image/instruction")
+            raise ValueError(f"input has unknown fields {sorted(unknown)}; expected text/image/instruction/video")
         values = [item.get(field) for field in ("text", "image", "instruction")]
         if not all(value is None or isinstance(value, str) for value in values):
             raise TypeError("evaluation inputs must hold strings (texts and image PATHS), not decoded images")
-        return json.dumps(["d", *values], ensure_ascii=False)
+        video = item.get("video")
+        if video is None:
+            return json.dumps(["d", *values], ensure_ascii=False)
+        # A video: its file's path or its frames' paths (keys of inputs without one are unchanged).
+        frames = [video] if isinstance(video, str) else list(video) if isinstance(video, (list, tuple)) else None
+        if not frames or not all(isinstance(frame, str) for frame in frames):
+            raise TypeError("an evaluation video must be a file path or a list of frame PATHS")
+        return json.dumps(["d", *values, ["v", video] if isinstance(video, str) else ["f", *frames]],
+                          ensure_ascii=False)
     raise TypeError(f"unsupported evaluation input of type {type(item).__name__}")
 
 

@@ -129,6 +129,10 @@ def markdown_report(task: str, metrics: Mapping[str, float | None]) -> str:
     """The markdown table of one task's metrics."""
     if task == "mmeb":
         return mmeb_markdown(metrics)
+    if task == "mmeb-v2":
+        from unime.evaluation.mmeb_v2 import metrics_table
+
+        return metrics_table(metrics)
     return pivot_markdown(metrics, "Split" if task == "sugarcrepe" else "Dataset")
 
 
