@@ -72,7 +72,7 @@ def main() -> int:
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="Ray pool sizes to time")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray instance")
     parser.add_argument("--cpus-per-actor", type=float, default=None,
-                        help="CPUs (and threads) per actor (default: Ray Data's, 1)")
+                        help="CPUs (and threads) per actor (default: the CPUs shared among the actors)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the rows and outputs (default: a temporary one)")
     args = parser.parse_args()
 

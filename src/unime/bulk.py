@@ -479,7 +479,8 @@ def embed_to_parquet(
             ``"auto"`` is resolved by each worker for its own device.
         num_gpus: GPUs per actor (ray engine); None: 1 when the Ray cluster has GPUs, else 0.
         num_cpus: CPUs per actor (ray engine), which Ray also gives each actor as its thread count
-            (``OMP_NUM_THREADS``); None: Ray Data's default, 1.
+            (``OMP_NUM_THREADS``); None: the cluster's CPUs shared among the actors when they run on
+            CPUs (at least 1 each), Ray Data's default of 1 when they run on GPUs.
         progress: called with one line per finished shard (and a first and a last line); None: logged.
 
     The ray engine joins the running Ray instance (``ray.init`` called before, or ``RAY_ADDRESS``), else
@@ -571,6 +572,11 @@ def _run_ray(model: str, options: dict[str, Any], rows: InputRows, folder: Path,
         resources = ray.cluster_resources()
         if num_gpus is None:
             num_gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+        if num_cpus is None and not num_gpus:
+            # CPU actors share the cluster's CPUs: each gets its share as its thread count. Ray Data's
+            # default of 1 left one actor on one thread of a 2-core machine: 97 s for 600 rows against
+            # 62 s with both (docs/performance.md).
+            num_cpus = max(1, int(resources.get("CPU", 1) // actors))
         if started_here and not os.environ.get("RAY_ADDRESS"):
             # A Ray instance of this machine alone never grows: a pool larger than it would wait for ever.
             for name, each in (("GPU", num_gpus), ("CPU", 1 if num_cpus is None else num_cpus)):
