@@ -175,3 +175,85 @@ def test_paths_stay_as_given_without_an_image_root(tmp_path):
     path = tmp_path / "rows.json"
     path.write_text(json.dumps([row]))
     assert read_judge_file(Path(path))[0].query[1] == "/abs/photo.jpg"
+
+
+def _sharding_rows(tmp_path: Path) -> tuple[Path, str]:
+    names = _photos(3)
+    rows = [_row(names[0], "A dog runs .", [["A man cooks .", ""], ["", names[1]]]),
+            _row(names[1], "Two people walk .", [["A cat sleeps .", ""]]),
+            _row(names[2], "A child plays .", [["", names[0]], ["A red car .", ""]]),
+            _row(names[0], "A dog sleeps .", [["Two cats .", ""]]),
+            _row(names[1], "People on a street .", [["", names[2]]])]
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps(rows))
+    return data, str(SHIPPED_PHOTOS / "images")
+
+
+def test_the_groups_of_a_judge_file_fill_batches_with_whole_rows(tmp_path):
+    data, _ = _sharding_rows(tmp_path)
+    from unime.judge import judge_groups
+
+    rows = read_judge_file(data)  # 3, 2, 3, 2, 2 pairs
+    assert judge_groups(rows, 3) == [[0], [1, 2], [3, 4]]
+    assert judge_groups(rows, 1) == [[0], [1], [2], [3], [4]]
+    assert judge_groups(rows, 100) == [[0, 1, 2, 3, 4]]
+
+
+def test_shards_resume_on_their_own_and_merge_into_the_one_process_file(judge, tmp_path, one_thread):
+    """Shard 1 of 2 stopped after its first group and resumed, then shard 0: the last finished shard
+    writes the output, byte for byte the file of one process, and the shards' files are gone."""
+    data, root = _sharding_rows(tmp_path)
+    whole = judge_file(judge, data, tmp_path / "whole.json", image_root=root, batch_size=2, save_every=1)
+
+    class Stopping:
+        def __init__(self, stop_at: int | None) -> None:
+            self.calls, self.stop_at = [], stop_at
+
+        def score(self, pairs, batch_size=8):
+            self.calls.append(len(pairs))
+            if len(self.calls) == self.stop_at:
+                raise KeyboardInterrupt
+            return judge.score(pairs, batch_size)
+
+    out = tmp_path / "sharded.json"
+    stopped = Stopping(2)
+    with pytest.raises(KeyboardInterrupt):
+        judge_file(stopped, data, out, image_root=root, batch_size=2, save_every=1, shard=(1, 2))
+    state = json.loads((tmp_path / "sharded.json.shard-1-of-2.partial.json").read_text())
+    assert state["shard"] == [1, 2] and not state["complete"] and list(state["scores"]) == ["1"]
+    resumed = Stopping(None)
+    assert judge_file(resumed, data, out, image_root=root, batch_size=2, save_every=1, shard=(1, 2)) == out
+    # Groups at batch 2 are rows [0], [1], [2], [3], [4]; shard 1 has rows 1 and 3, and only row 3 was left.
+    assert resumed.calls == [2] and not out.exists()
+    first = Stopping(None)
+    judge_file(first, data, out, image_root=root, batch_size=2, save_every=1, shard=(0, 2))
+    assert first.calls == [3, 3, 2]
+    assert out.read_bytes() == whole.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.json", "sharded.json", "whole.json"]
+    with pytest.raises(ValueError, match=r"shard must be \(index, count\)"):
+        judge_file(first, data, tmp_path / "x.json", shard=(2, 2))
+
+
+@pytest.mark.distributed
+def test_unime_judge_under_torchrun_writes_the_one_process_file(judge, default_dir, tmp_path):
+    """Two processes launched by torchrun, each scoring its share: the same bytes as one process (one
+    thread each, as torchrun's processes run)."""
+    import os
+
+    from process_helpers import run_torchrun
+
+    data, root = _sharding_rows(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = judge_file(judge, data, tmp_path / "whole.json", image_root=root, batch_size=3)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "two.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = run_torchrun(["-m", "unime", "judge", "--model", str(default_dir), "--data", str(data), "--output", str(out),
+                         "--image-root", root, "--batch-size", "3", "--save-every", "1"], env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-8000:]
+    assert done.stdout.count("wrote ") == 1
+    assert out.read_bytes() == whole.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.json", "two.json", "whole.json"]

@@ -162,6 +162,35 @@ def rank_and_world_size(environment: bool = True) -> tuple[int, int]:
     return 0, 1
 
 
+def join_torchrun_group(timeout_s: float = 7 * 24 * 3600) -> tuple[int, int]:
+    """Under torchrun (``WORLD_SIZE`` > 1), join the launch's process group (gloo, so that it works beside
+    any device) unless joined already; returns ``(rank, world_size)``, ``(0, 1)`` without torchrun.
+
+    For jobs that split their work between the processes and meet only at the end (``unime judge``,
+    ``unime mine``): the ranks can be far apart when they meet (a resumed rank with little left waits
+    for one with much), so a collective waits up to ``timeout_s`` (default a week) instead of
+    torch's default; a rank that dies makes torchrun stop the others."""
+    from datetime import timedelta
+
+    if rank_and_world_size()[1] <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def rank_device(device: str | None) -> str | None:
+    """The device a process of a torchrun job computes on: ``device`` when given; under torchrun
+    with GPUs ``cuda:LOCAL_RANK``, without GPUs ``cpu``; else None (the loader's own choice)."""
+    if device is not None or rank_and_world_size()[1] <= 1:
+        return device
+    import torch
+
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+
+
 def cpu_capability() -> str:
     """The CPU kernels ATen dispatches to (``AVX2``, ``AVX512``, ``DEFAULT``...)."""
     import torch

@@ -35,8 +35,8 @@ from typing import Any
 
 from unime.io.integrity import write_json_atomic
 
-__all__ = ["JUDGE_INSTRUCTION", "Judge", "JudgeRow", "judge_content", "judge_file", "read_judge_file",
-           "resolve_image"]
+__all__ = ["JUDGE_INSTRUCTION", "Judge", "JudgeRow", "judge_content", "judge_file", "judge_groups",
+           "read_judge_file", "resolve_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +83,18 @@ class Judge:
     """A model loaded with its LM head (:func:`unime.captioner.load_captioner`) scoring pairs.
 
     ``score(pairs)`` returns the yes-probability of each ``(query, candidate)``; each side is
-    ``(text, image)`` with the image a path, a PIL image or None.
+    ``(text, image)`` with the image a path, a PIL image or None. ``device``: where the model
+    computes (default: where it was loaded, the CPU).
     """
 
     def __init__(self, model: str | Path | Any, *, trust_remote_code: bool = False,
-                 image_size: int | None = None) -> None:
+                 image_size: int | None = None, device: str | None = None) -> None:
         from unime.captioner import Captioner, load_captioner
 
         self.captioner = model if isinstance(model, Captioner) else load_captioner(
             model, trust_remote_code=trust_remote_code)
+        if device is not None:  # the embedder shares the captioner's weights: both move
+            self.captioner.model.to(device)
         tokenizer = self.captioner.tokenizer
         self.yes_id = _single_token(tokenizer, "Yes")
         self.no_id = _single_token(tokenizer, "No")
@@ -213,60 +216,162 @@ def resolve_image(image: str, root: Path | None) -> str | None:
     return str(root / image) if root is not None and not Path(image).is_absolute() else image
 
 
+def judge_groups(rows: Sequence[JudgeRow], batch_size: int) -> list[list[int]]:
+    """The rows' indices cut, in order, into groups of whole rows that fill one batch of pairs (at least
+    one row a group): the unit of scoring, of saving and of sharding. The groups depend on the rows and
+    ``batch_size`` alone, so a resumed or sharded run scores every pair in the same batch, and so to the
+    same bits, as one uninterrupted process."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    groups: list[list[int]] = []
+    group: list[int] = []
+    pairs = 0
+    for index, row in enumerate(rows):
+        group.append(index)
+        pairs += 1 + len(row.negatives)
+        if pairs >= batch_size:
+            groups.append(group)
+            group, pairs = [], 0
+    if group:
+        groups.append(group)
+    return groups
+
+
+def _partial_path(output: Path, shard: tuple[int, int]) -> Path:
+    index, count = shard
+    suffix = ".partial.json" if count == 1 else f".shard-{index}-of-{count}.partial.json"
+    return output.with_name(output.name + suffix)
+
+
+def _read_partial(path: Path, data: Path, rows: int, shard: tuple[int, int]) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not readable partial scores ({error}); delete it to score its rows again") from None
+    if not isinstance(state, dict) or not isinstance(state.get("scores"), dict):
+        raise ValueError(f"{path}: not a partial scores file; delete it to score its rows again")
+    if state.get("data") != str(data.resolve()) or state.get("rows") != rows:
+        raise ValueError(f"{path}: partial scores of another data file ({state.get('data')}, "
+                         f"{state.get('rows')} rows); delete it to start again")
+    if shard[1] > 1 and state.get("shard") != list(shard):
+        raise ValueError(f"{path}: scores of shard {state.get('shard')}, not {list(shard)}; delete it to start again")
+    return state
+
+
+def _barrier() -> None:
+    from unime.environment import rank_and_world_size
+
+    if rank_and_world_size(environment=False)[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def judge_file(model: str | Path | Judge, data: str | Path, output: str | Path, *, image_root: str | Path | None = None,
                batch_size: int = 8, save_every: int = 64, overwrite: bool = False,
-               rows: list[JudgeRow] | None = None) -> Path:
+               rows: list[JudgeRow] | None = None, shard: tuple[int, int] | None = None) -> Path:
     """Score every (query, positive) and (query, hard negative) pair of the judge file ``data`` with
-    ``model`` and write the file again with the scores, to ``output`` (UniME-V2's layout).
+    ``model`` (a model name or folder, a :class:`Judge` or anything with its ``score``) and write the
+    file again with the scores, to ``output`` (UniME-V2's layout).
 
-    Resumable: the scores of finished rows are kept in ``output`` + ``.partial.json`` (written
-    atomically every ``save_every`` rows); a run started again with the same data continues after
-    them. An ``output`` that exists is refused unless ``overwrite``. ``rows``: the file's rows when the
-    caller has read them already (:func:`read_judge_file`).
+    The rows are scored in the groups of :func:`judge_groups`. Resumable: the scores of finished groups
+    are kept in ``output`` + ``.partial.json`` (written atomically every ``save_every`` rows); a run
+    started again with the same data continues after them. An ``output`` that exists is refused unless
+    ``overwrite``. ``rows``: the file's rows when the caller has read them already
+    (:func:`read_judge_file`).
+
+    Sharded: ``shard=(index, count)`` (default: the rank and size of an initialised torch.distributed
+    group, as under ``torchrun``; else ``(0, 1)``) scores the groups ``index, index + count, ...``
+    only, keeping its scores in ``output.shard-INDEX-of-COUNT.partial.json``. With a process group the
+    ranks meet once all are done and rank 0 writes ``output`` from the shards' scores; without one, the
+    call that finds every shard finished writes it. Either way ``output`` is byte for byte the file one
+    process writes, since every pair is scored in the same batch.
     """
+    from unime.environment import rank_and_world_size
+
     data, output = Path(data), Path(output)
     if output.exists() and not overwrite:
         raise ValueError(f"{output} exists (overwrite to replace it)")
+    grouped = shard is None and rank_and_world_size(environment=False)[1] > 1
+    shard = rank_and_world_size(environment=False) if shard is None else shard
+    index, count = shard
+    if count <= 0 or not 0 <= index < count:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
     rows = read_judge_file(data) if rows is None else rows
     root = Path(image_root) if image_root is not None else None
-    partial = output.with_name(output.name + ".partial.json")
+    partial = _partial_path(output, shard)
     done: dict[int, list[float]] = {}
     if partial.exists():
-        state = json.loads(partial.read_text(encoding="utf-8"))
-        if state.get("data") != str(data.resolve()) or state.get("rows") != len(rows):
-            raise ValueError(f"{partial}: partial scores of another data file ({state.get('data')}, "
-                             f"{state.get('rows')} rows); delete it to start again")
+        state = _read_partial(partial, data, len(rows), shard)
         done = {int(k): v for k, v in state["scores"].items()}
         logger.info("judge: %d of %d rows already scored (%s)", len(done), len(rows), partial)
-    judge = model if isinstance(model, Judge) else Judge(model)
-    start, since_save, scored_pairs = time.perf_counter(), 0, 0
-    pending = [i for i in range(len(rows)) if i not in done]
-    position = 0
-    while position < len(pending):
-        # Whole rows, as many as fill one batch of pairs (at least one row).
-        group, pairs = [], []
-        while position < len(pending) and (not group or len(pairs) < batch_size):
-            index = pending[position]
-            row_pairs = [((q[0], resolve_image(q[1], root)), (c[0], resolve_image(c[1], root))) for q, c in rows[index].pairs()]
-            group.append((index, len(row_pairs)))
-            pairs.extend(row_pairs)
-            position += 1
-        scores = judge.score(pairs, batch_size)
-        offset = 0
-        for index, count in group:
-            done[index] = scores[offset:offset + count]
-            offset += count
-        since_save += len(group)
-        scored_pairs += len(pairs)
-        if since_save >= save_every or position == len(pending):
-            write_json_atomic(partial, {"data": str(data.resolve()), "rows": len(rows),
-                                        "scores": {str(k): v for k, v in done.items()}})
-            since_save = 0
-            logger.info("judge: %d/%d rows (%.1f pairs/s)", len(done), len(rows),
-                        scored_pairs / max(time.perf_counter() - start, 1e-9))
-    for index, row in enumerate(rows):
-        row.positive_score, *negatives = done[index]
+    groups = judge_groups(rows, batch_size)[index::count]
+    mine = sum(len(group) for group in groups)
+    pending = [group for group in groups if not all(i in done for i in group)]
+
+    def save() -> None:
+        state = {"data": str(data.resolve()), "rows": len(rows), "batch_size": batch_size,
+                 "complete": all(i in done for group in groups for i in group),
+                 "scores": {str(k): v for k, v in sorted(done.items())}}
+        if count > 1:
+            state["shard"] = [index, count]
+        write_json_atomic(partial, state)
+
+    if pending:
+        judge = Judge(model) if isinstance(model, (str, Path)) else model
+        start, since_save, scored_pairs = time.perf_counter(), 0, 0
+        for number, group in enumerate(pending):
+            pairs = [((q[0], resolve_image(q[1], root)), (c[0], resolve_image(c[1], root)))
+                     for i in group for q, c in rows[i].pairs()]
+            scores = judge.score(pairs, batch_size)
+            offset = 0
+            for i in group:
+                width = 1 + len(rows[i].negatives)
+                done[i] = scores[offset:offset + width]
+                offset += width
+            since_save += len(group)
+            scored_pairs += len(pairs)
+            if since_save >= save_every or number == len(pending) - 1:
+                save()
+                since_save = 0
+                logger.info("judge: %d/%d rows%s (%.1f pairs/s)", sum(i in done for g in groups for i in g), mine,
+                            f" of shard {index}/{count}" if count > 1 else "",
+                            scored_pairs / max(time.perf_counter() - start, 1e-9))
+    elif count > 1:
+        save()  # recorded as complete (a shard with no rows of its own is finished as it starts)
+    if count == 1:
+        scores_of = done
+    else:
+        if grouped:
+            _barrier()  # every rank's shard is saved complete
+            if index != 0:
+                return output
+        scores_of = _merged_shards(output, data, len(rows), count)
+        if scores_of is None:
+            logger.info("judge: shard %d of %d done; the output is written once every shard is", index, count)
+            return output
+    for number, row in enumerate(rows):
+        row.positive_score, *negatives = scores_of[number]
         row.negative_scores = negatives
     write_json_atomic(output, [row.to_json() for row in rows])
-    partial.unlink(missing_ok=True)
+    for number in range(count):
+        _partial_path(output, (number, count)).unlink(missing_ok=True)
     return output
+
+
+def _merged_shards(output: Path, data: Path, rows: int, count: int) -> dict[int, list[float]] | None:
+    """Every row's scores from the ``count`` shards' partial files, or None while a shard is unfinished."""
+    merged: dict[int, list[float]] = {}
+    for number in range(count):
+        path = _partial_path(output, (number, count))
+        if not path.exists():
+            return None
+        state = _read_partial(path, data, rows, (number, count))
+        if not state.get("complete"):
+            return None
+        merged.update((int(k), v) for k, v in state["scores"].items())
+    missing = [i for i in range(rows) if i not in merged]
+    if missing:
+        raise ValueError(f"{output}: the {count} shards' partial files have no scores for rows {missing[:10]} "
+                         "(written with another --batch-size?); delete them to score again")
+    return merged

@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Score every (query, positive) and (query, hard negative) pair of a judge file (UniME-V2's "
         "train_data_*_scores.json layout: query_text, query_image, pos_text, pos_image, hard_negatives) with a "
         "model loaded with its LM head: s = e^yes / (e^yes + e^no) after UniME-V2's judge prompt. Writes the file "
-        "again with query_pos_scores and hard_negatives_scores. Resumable: run the same command again after a stop.",
+        "again with query_pos_scores and hard_negatives_scores. Resumable: run the same command again after a stop. "
+        "Under torchrun --nproc-per-node N each process scores its share of the rows (resumable per process) and "
+        "process 0 writes the one output, the same file one process writes.",
     )
     parser.add_argument("--model", required=True, help="the judge: a model folder with an LM head (or tied to its "
                         "input embeddings), e.g. unime-smol, or a hub id")
@@ -22,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per forward (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=None, help="square resize of images before the processor")
     parser.add_argument("--save-every", type=int, default=64, help="rows between saves of the partial scores")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the GPU when there is one; "
+                        "under torchrun cuda:LOCAL_RANK)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's hub remote code")
     parser.set_defaults(func=run)
@@ -37,8 +41,13 @@ def run(args: argparse.Namespace) -> int:
     rows = read_judge_file(args.data)  # a bad file is named before the model loads
     if Path(args.output).exists() and not args.overwrite:
         raise ValueError(f"{args.output} exists (overwrite to replace it)")
-    judge = Judge(args.model, trust_remote_code=args.trust_remote_code, image_size=args.image_size)
+    from unime.environment import default_device, join_torchrun_group, rank_device
+
+    rank, _ = join_torchrun_group()
+    device = rank_device(args.device) or default_device()
+    judge = Judge(args.model, trust_remote_code=args.trust_remote_code, image_size=args.image_size, device=device)
     out = judge_file(judge, args.data, args.output, image_root=args.image_root, batch_size=args.batch_size,
                      save_every=args.save_every, overwrite=args.overwrite, rows=rows)
-    print(f"wrote {out}")
+    if rank == 0:
+        print(f"wrote {out}")
     return 0
