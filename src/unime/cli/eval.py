@@ -21,20 +21,54 @@ from unime.cli.recipe_flags import split_names
 logger = logging.getLogger(__name__)
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def _model_options(parser: argparse.ArgumentParser, several_dimensions: bool = False) -> None:
     parser.add_argument("--model", required=True, help="unime model folder, UniME checkpoint, MLLM or hub id")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1, ... (under torchrun: cuda:LOCAL_RANK)"
     )
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
-    parser.add_argument("--dimensions", type=int, default=None, metavar="N", help=DIMENSIONS_HELP)
+    if several_dimensions:
+        parser.add_argument("--dimensions", type=int, nargs="+", default=None, metavar="N",
+                            help=DIMENSIONS_HELP + "; several sizes: one table, a row per size, from embeddings "
+                            "computed once at the full size and truncated")
+    else:
+        parser.add_argument("--dimensions", type=int, default=None, metavar="N", help=DIMENSIONS_HELP)
     parser.add_argument("--mode", default=None, choices=["sum", "joint"], help="override the saved mode")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow hub remote code (Phi-3.5-V)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
         "--compare", nargs="+", metavar="RESULT.json", help="print this run beside earlier results"
     )
+
+
+def _rerank_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--rerank", metavar="JUDGE", default=None,
+                        help=f"also re-order {what} with this judge model's yes-probability (UniME-V2's reranking; "
+                        "a model with an LM head, see unime judge) and report both tables")
+    parser.add_argument("--rerank-top", type=int, default=5,
+                        help="candidates re-ordered per query (default: %(default)s)")
+    parser.add_argument("--rerank-batch-size", type=int, default=8,
+                        help="judge pairs per batch (default: %(default)s)")
+
+
+def _check_rerank(args: argparse.Namespace) -> None:
+    if args.rerank_top <= 0 or args.rerank_batch_size <= 0:
+        raise CLIError(f"--rerank-top and --rerank-batch-size must be positive, got {args.rerank_top} and "
+                       f"{args.rerank_batch_size}")
+    if args.rerank:
+        from unime.model_names import check_model_name
+
+        check_model_name(args.rerank, option="--rerank")
+
+
+def _judge(args: argparse.Namespace) -> Any:
+    """The ``--rerank`` judge, on this process's device."""
+    from unime.environment import default_device, rank_device
+    from unime.judge import Judge
+
+    return Judge(args.rerank, trust_remote_code=args.trust_remote_code,
+                 device=rank_device(args.device) or default_device())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,11 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write DIR/<dataset>.npy per dataset: float32 [queries, candidates], row i the cosine scores of "
         "query i against its own candidate list in the data's order (NaN pads shorter lists)",
     )
-    mmeb.add_argument("--rerank", metavar="JUDGE", default=None,
-                      help="also re-order each query's top candidates with this judge model's yes-probability "
-                      "(UniME-V2's reranking; a model with an LM head, see unime judge) and report both tables")
-    mmeb.add_argument("--rerank-top", type=int, default=5, help="candidates re-ordered per query (default: %(default)s)")
-    mmeb.add_argument("--rerank-batch-size", type=int, default=8, help="judge pairs per batch (default: %(default)s)")
+    _rerank_options(mmeb, "each query's top candidates")
     mmeb.set_defaults(func=run_mmeb_command)
 
     v2 = tasks.add_parser("mmeb-v2", help="MMEB-V2 (image, video, visual documents) as VLM2Vec-V2 scores it")
@@ -122,7 +152,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v2.set_defaults(func=run_mmeb_v2_command)
 
     retrieval = tasks.add_parser("retrieval", help="image-text R@1/5/10 in both directions")
-    _model_options(retrieval)
+    _model_options(retrieval, several_dimensions=True)
     retrieval.add_argument(
         "--data",
         required=True,
@@ -145,6 +175,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Karpathy files: the first N captions of each image, as the official scripts cut COCO's (0: all)",
     )
     retrieval.add_argument("--output", help="result JSON; the markdown table goes beside it")
+    _rerank_options(retrieval, "each query's top candidates (an image's captions, a caption's images)")
     retrieval.set_defaults(func=run_retrieval_command)
 
     sugarcrepe = tasks.add_parser("sugarcrepe", help="SugarCrepe compositionality accuracy")
@@ -209,8 +240,12 @@ def _check_options(args: argparse.Namespace) -> None:
 
     if args.batch_size <= 0:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
-    if getattr(args, "dimensions", None) is not None and args.dimensions <= 0:
-        raise CLIError(f"--dimensions must be positive, got {args.dimensions}")
+    dimensions = getattr(args, "dimensions", None)
+    for size in dimensions if isinstance(dimensions, list) else [dimensions]:
+        if size is not None and size <= 0:
+            raise CLIError(f"--dimensions must be positive, got {size}")
+    if isinstance(dimensions, list) and len(set(dimensions)) != len(dimensions):
+        raise CLIError(f"--dimensions names a size twice: {' '.join(map(str, dimensions))}")
     for path in args.compare or []:
         read_metrics(path)
 
@@ -230,8 +265,15 @@ def _load_model(args: argparse.Namespace) -> Any:
     model = unime.load(
         args.model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype, mode=args.mode
     )
-    if getattr(args, "dimensions", None) is not None:
-        model.set_dimensions(args.dimensions)
+    dimensions = getattr(args, "dimensions", None)
+    if isinstance(dimensions, list):
+        # Several sizes: each is checked against the model (too large: an error; untrained: a warning),
+        # and the model embeds at its full size, truncated afterwards; one size: the model truncates.
+        for size in dimensions:
+            model.set_dimensions(size)
+        model.set_dimensions(dimensions[0] if len(dimensions) == 1 else None)
+    elif dimensions is not None:
+        model.set_dimensions(dimensions)
     return model
 
 
@@ -253,8 +295,9 @@ def _finish(args: argparse.Namespace, task: str, metrics: dict[str, float], conf
     if args.output:
         # The dtype the model ran in (what --dtype auto resolved to on this device), beside the scores.
         config = {**config, "dtype": args.dtype}
-        if getattr(args, "dimensions", None) is not None:
-            config["dimensions"] = args.dimensions
+        dimensions = getattr(args, "dimensions", None)
+        if dimensions is not None:
+            config["dimensions"] = dimensions[0] if isinstance(dimensions, list) and len(dimensions) == 1 else dimensions
         markdown = write_results(args.output, task, metrics, model=args.model, config=config)
         print(f"wrote {args.output} and {markdown}")
     if args.compare:
@@ -302,13 +345,7 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
         raise CLIError(f"--chunk-size must be positive, got {args.chunk_size}")
     cache_dir = Path(args.cache_dir) if args.cache_dir else output.with_suffix(".cache")
     groups = read_groups(args.groups) if args.groups else None
-    if args.rerank_top <= 0 or args.rerank_batch_size <= 0:
-        raise CLIError(f"--rerank-top and --rerank-batch-size must be positive, got {args.rerank_top} and "
-                       f"{args.rerank_batch_size}")
-    if args.rerank:
-        from unime.model_names import check_model_name
-
-        check_model_name(args.rerank, option="--rerank")
+    _check_rerank(args)
     # Reranking reads every data set's score matrix: kept where asked, else beside the cache.
     scores_dir = Path(args.save_scores) if args.save_scores else cache_dir / "scores"
     model = _load_model(args)
@@ -352,11 +389,10 @@ def _rerank_mmeb(args: argparse.Namespace, metrics: dict[str, float], scores_dir
     from unime.evaluation.mmeb import load_mmeb_dataset, summarize_mmeb
     from unime.evaluation.report import mmeb_markdown
     from unime.evaluation.rerank import reranked_precision
-    from unime.judge import Judge
 
     if not is_main_process():
         return {}
-    judge = Judge(args.rerank, trust_remote_code=args.trust_remote_code)
+    judge = _judge(args)
     reranked: dict[str, float] = {}
     for key in metrics:
         name = key.split("/")[1]
@@ -408,9 +444,14 @@ def run_mmeb_v2_command(args: argparse.Namespace) -> int:
 
 
 def run_retrieval_command(args: argparse.Namespace) -> int:
-    from unime.evaluation.retrieval import evaluate_retrieval, load_retrieval
+    from unime.evaluation.encoding import is_main_process
+    from unime.evaluation.retrieval import load_retrieval, retrieval_embeddings, retrieval_metrics
 
     _check_options(args)
+    _check_rerank(args)
+    table = args.dimensions if args.dimensions is not None and len(args.dimensions) > 1 else None
+    if args.rerank and table:
+        raise CLIError("--rerank with several --dimensions: rerank at one size (give --dimensions once)")
     image_dirs = _per_data(args.image_dir, len(args.data), "--image-dir")
     names = args.name or []
     if names and len(names) != len(args.data):
@@ -423,10 +464,33 @@ def run_retrieval_command(args: argparse.Namespace) -> int:
         for path, image_dir, name in zip(args.data, image_dirs, names or [None] * len(args.data), strict=True)
     ]
     model = _load_model(args)
-    metrics = evaluate_retrieval(_shared(model), datasets, args.batch_size, not args.no_progress)
+    shared = _shared(model)
+    embedded = [(dataset, *retrieval_embeddings(shared, dataset, args.batch_size, not args.no_progress))
+                for dataset in datasets]
+    metrics = retrieval_metrics(embedded, table)
     config = {"data": args.data, "image_dir": args.image_dir, "split": args.split, "limit": args.limit,
               "captions_per_image": args.captions_per_image or None}
+    if args.rerank:
+        del model, shared  # the judge needs the memory
+        if is_main_process():
+            metrics.update(_rerank_retrieval(args, embedded))
+        config["rerank"] = {"model": args.rerank, "top": args.rerank_top}
     return _finish(args, "retrieval", metrics, config)
+
+
+def _rerank_retrieval(args: argparse.Namespace, embedded: list[tuple[Any, Any, Any]]) -> dict[str, float]:
+    """Each dataset's top candidates in both directions re-ordered by the judge (``--rerank``): R@K under
+    ``retrieval/reranked/<dataset>/...`` and ``retrieval/reranked/mean_R@1``."""
+    from unime.evaluation.rerank import rerank_retrieval_ranks
+    from unime.evaluation.retrieval import query_ranks, ranks_metrics, unit_rows
+
+    judge = _judge(args)
+    reranked = []
+    for dataset, text, image in embedded:
+        before = query_ranks(unit_rows(text), unit_rows(image), dataset.caption_image)
+        reranked.append((dataset.name, rerank_retrieval_ranks(judge, dataset, text, image, before, args.rerank_top,
+                                                              args.rerank_batch_size)))
+    return ranks_metrics(reranked, prefix="retrieval/reranked")
 
 
 def run_sugarcrepe_command(args: argparse.Namespace) -> int:

@@ -133,7 +133,41 @@ def markdown_report(task: str, metrics: Mapping[str, float | None]) -> str:
         from unime.evaluation.mmeb_v2 import metrics_table
 
         return metrics_table(metrics)
+    if task == "retrieval":
+        return retrieval_markdown(metrics)
     return pivot_markdown(metrics, "Split" if task == "sugarcrepe" else "Dataset")
+
+
+def dimensions_markdown(metrics: Mapping[str, float | None], prefix: str) -> str:
+    """One row per Matryoshka size of ``PREFIX/dimensions/<N>/...`` keys, one column per metric."""
+    rows: dict[str, dict[str, float | None]] = {}
+    columns: list[str] = []
+    for key, value in metrics.items():
+        size, column = key[len(prefix) + len("/dimensions/"):].split("/", 1)
+        rows.setdefault(size, {})[column] = value
+        if column not in columns:
+            columns.append(column)
+    lines = ["| Dimensions | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {size} | " + " | ".join(_number(values.get(c)) for c in columns) + " |" for size, values in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def retrieval_markdown(metrics: Mapping[str, float | None]) -> str:
+    """Retrieval's table; the reranked figures (``retrieval/reranked/...``) as a second table and the
+    Matryoshka sizes (``retrieval/dimensions/<N>/...``) as a table with a row per size."""
+    sections = {"": {}, "reranked": {}, "dimensions": {}}
+    for key, value in metrics.items():
+        part = key.split("/")[1] if key.count("/") >= 2 else ""
+        sections[part if part in ("reranked", "dimensions") else ""][key] = value
+    out = []
+    if sections[""]:
+        out.append(pivot_markdown(sections[""]))
+    if sections["reranked"]:
+        out.append("Reranked by the judge:\n\n" + pivot_markdown(
+            {key.replace("retrieval/reranked/", "retrieval/", 1): v for key, v in sections["reranked"].items()}))
+    if sections["dimensions"]:
+        out.append(dimensions_markdown(sections["dimensions"], "retrieval"))
+    return "\n".join(out)
 
 
 def compare_markdown(results: Sequence[tuple[str, Mapping[str, float | None]]]) -> str:

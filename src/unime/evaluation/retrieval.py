@@ -258,33 +258,83 @@ def recall_at_k(
     return recall_from_ranks(query_ranks(text_embeddings, image_embeddings, caption_image), ks)
 
 
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """``rows`` L2-normalised in float32 (bf16 rows are only nearly unit)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def truncated_rows(rows: np.ndarray, dimensions: int) -> np.ndarray:
+    """The first ``dimensions`` values of each row, L2-normalised again: a Matryoshka size, as a model
+    set to ``dimensions`` (``--dimensions N``) returns it from the same full-size rows."""
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions <= 0:
+        raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
+    if dimensions > rows.shape[1]:
+        raise ValueError(f"dimensions {dimensions} exceeds the embedding size {rows.shape[1]}")
+    return unit_rows(rows[:, :dimensions])
+
+
+def retrieval_embeddings(
+    model: Any, dataset: RetrievalDataset, batch_size: int = 32, show_progress_bar: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(captions, images)``: one row per caption and per image, as the model returns them (each
+    distinct input encoded once)."""
+    inputs = [make_input(None, image) for image in dataset.images] + list(dataset.captions)
+    embeddings = encode_unique(model, inputs, batch_size, show_progress_bar)
+    n = len(dataset.images)
+    return embeddings[n:], embeddings[:n]
+
+
 def retrieval_ranks(
     model: Any, dataset: RetrievalDataset, batch_size: int = 32, show_progress_bar: bool = False
 ) -> dict[str, np.ndarray]:
     """The model's per-query ranks on one dataset (:func:`query_ranks`, from cosine similarity):
     what R@K averages, kept per query for bootstrap intervals (:mod:`unime.evaluation.bootstrap`)."""
-    inputs = [make_input(None, image) for image in dataset.images] + list(dataset.captions)
-    embeddings = encode_unique(model, inputs, batch_size, show_progress_bar)
-    n = len(dataset.images)
-    # Cosine similarity, from rows normalised again in float32 (bf16 rows are only nearly unit).
-    embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    return query_ranks(embeddings[n:], embeddings[:n], dataset.caption_image)
+    text, image = retrieval_embeddings(model, dataset, batch_size, show_progress_bar)
+    return query_ranks(unit_rows(text), unit_rows(image), dataset.caption_image)
+
+
+def ranks_metrics(ranks: Sequence[tuple[str, Mapping[str, np.ndarray]]], prefix: str = "retrieval") -> dict[str, float]:
+    """``PREFIX/<name>/i2t_R@1`` ... per ``(name, per-query ranks)`` and ``PREFIX/mean_R@1``: R@1 averaged
+    over both directions and all datasets."""
+    metrics: dict[str, float] = {}
+    r_at_1 = []
+    for name, per_query in ranks:
+        scores = recall_from_ranks(per_query)
+        metrics.update({f"{prefix}/{name}/{key}": value for key, value in scores.items()})
+        r_at_1 += [scores["i2t_R@1"], scores["t2i_R@1"]]
+    if r_at_1:
+        metrics[f"{prefix}/mean_R@1"] = float(np.mean(r_at_1))
+    return metrics
 
 
 def evaluate_retrieval(
-    model: Any, datasets: Sequence[RetrievalDataset], batch_size: int = 32, show_progress_bar: bool = False
+    model: Any, datasets: Sequence[RetrievalDataset], batch_size: int = 32, show_progress_bar: bool = False,
+    dimensions: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """R@1/5/10 both ways per dataset (``retrieval/<name>/i2t_R@1`` ...) and ``retrieval/mean_R@1``.
 
     ``retrieval/mean_R@1`` averages R@1 over both directions and all datasets: one number to
     select checkpoints on.
+
+    ``dimensions``: the evaluation at each of these Matryoshka sizes instead, from embeddings computed
+    once at the model's size and truncated (:func:`truncated_rows`): ``retrieval/dimensions/<N>/...``,
+    each size's figures those of a run with the model set to that size.
     """
+    embedded = [(dataset, *retrieval_embeddings(model, dataset, batch_size, show_progress_bar)) for dataset in datasets]
+    return retrieval_metrics(embedded, dimensions)
+
+
+def retrieval_metrics(embedded: Sequence[tuple[RetrievalDataset, np.ndarray, np.ndarray]],
+                      dimensions: Sequence[int] | None = None) -> dict[str, float]:
+    """:func:`evaluate_retrieval`'s metrics from each dataset's :func:`retrieval_embeddings`."""
+    if dimensions is None:
+        return ranks_metrics([(dataset.name, query_ranks(unit_rows(text), unit_rows(image), dataset.caption_image))
+                              for dataset, text, image in embedded])
     metrics: dict[str, float] = {}
-    r_at_1 = []
-    for dataset in datasets:
-        scores = recall_from_ranks(retrieval_ranks(model, dataset, batch_size, show_progress_bar))
-        metrics.update({f"retrieval/{dataset.name}/{key}": value for key, value in scores.items()})
-        r_at_1 += [scores["i2t_R@1"], scores["t2i_R@1"]]
-    if r_at_1:
-        metrics["retrieval/mean_R@1"] = float(np.mean(r_at_1))
+    for size in dimensions:
+        metrics.update(ranks_metrics(
+            [(dataset.name, query_ranks(unit_rows(truncated_rows(text, size)), unit_rows(truncated_rows(image, size)),
+                                        dataset.caption_image)) for dataset, text, image in embedded],
+            prefix=f"retrieval/dimensions/{size}"))
     return metrics
