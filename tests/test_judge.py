@@ -255,5 +255,7 @@ def test_unime_judge_under_torchrun_writes_the_one_process_file(judge, default_d
                          "--image-root", root, "--batch-size", "3", "--save-every", "1"], env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-8000:]
     assert done.stdout.count("wrote ") == 1
+    # Groups at batch 3: rows [0], [1, 2], [3, 4]; process 0 has rows 0, 3 and 4, process 1 rows 1 and 2.
+    assert "judge: 3/3 rows of shard 0/2" in done.stderr and "judge: 2/2 rows of shard 1/2" in done.stderr
     assert out.read_bytes() == whole.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.json", "two.json", "whole.json"]

@@ -124,3 +124,31 @@ def test_mine_refuses_candidates_of_other_rows(default_dir, tmp_path, capsys):
     assert main(["mine", "--model", str(default_dir), "--judge", str(default_dir), "--data", str(data), "--output",
                  str(tmp_path / "out.json"), "--top-n", "2"]) == 2
     assert "candidates of other rows" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_unime_mine_under_torchrun_writes_the_one_process_files(default_dir, tmp_path, one_thread):
+    """Two processes launched by torchrun share the embedding and the judging: the candidates, their
+    scores and the mined rows are the bytes one process writes (one thread each, as torchrun's run)."""
+    import os
+
+    from process_helpers import run_torchrun
+
+    from unime.cli import main
+
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps(_rows(4)))
+    options = ["--model", str(default_dir), "--judge", str(default_dir), "--data", str(data), "--image-root",
+               str(SHIPPED_PHOTOS / "images"), "--top-n", "2", "--keep", "2", "--beta", "0.0",
+               "--judge-batch-size", "4"]
+    assert main(["mine", *options, "--output", str(tmp_path / "one.json")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = run_torchrun(["-m", "unime", "mine", *options, "--output", str(tmp_path / "two.json")], env=env,
+                        timeout=300)
+    assert done.returncode == 0, done.stderr[-8000:]
+    assert done.stdout.count("wrote ") == 1
+    # Rows of 3 pairs in batches of 4: groups [0, 1] and [2, 3], one a process.
+    assert "judge: 2/2 rows of shard 0/2" in done.stderr and "judge: 2/2 rows of shard 1/2" in done.stderr
+    for suffix in (".candidates.json", ".scored.json", ".json"):
+        assert (tmp_path / f"two{suffix}").read_bytes() == (tmp_path / f"one{suffix}").read_bytes(), suffix
+    assert not list(tmp_path.glob("*.partial.json"))

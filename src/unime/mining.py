@@ -69,11 +69,31 @@ def _content(side: tuple[str, str]) -> tuple[str, str]:
     return (side[0] or "", side[1] or "")
 
 
+def _encode_shared(model: Any, inputs: list[Any], batch_size: int) -> np.ndarray:
+    """Unit embeddings of ``inputs``: in one process all of them; in a torch.distributed group each rank
+    a contiguous share, then every rank gets all rows."""
+    from unime.environment import rank_and_world_size
+
+    rank, world = rank_and_world_size(environment=False)
+    if world <= 1:
+        return np.asarray(model.encode(inputs, batch_size=batch_size, normalize_embeddings=True), dtype=np.float32)
+    import math
+
+    from unime.evaluation.encoding import _all_gather_rows
+
+    per_rank = math.ceil(len(inputs) / world)
+    share = inputs[rank * per_rank:(rank + 1) * per_rank]
+    local = (np.asarray(model.encode(share, batch_size=batch_size, normalize_embeddings=True), dtype=np.float32)
+             if share else np.zeros((0, 0), dtype=np.float32))
+    return _all_gather_rows(local, len(inputs), per_rank)
+
+
 def retrieve_candidates(model: Any, rows: Sequence[JudgeRow], *, top_n: int = 50, image_root: str | Path | None = None,
                         max_similarity: float | None = None, batch_size: int = 32) -> list[JudgeRow]:
     """Each row with its top ``top_n`` candidates from the pool of all rows' positives (distinct by
     text and image), by the cosine of ``model``'s embeddings; the row's own positive and copies of
-    it are never candidates. ``max_similarity``: leave out candidates at or above that cosine."""
+    it are never candidates. ``max_similarity``: leave out candidates at or above that cosine. In a
+    torch.distributed group the embedding is split between the ranks, and every rank gets every row."""
     from unime.inputs import EmbedInput
 
     if top_n <= 0:
@@ -87,9 +107,8 @@ def retrieve_candidates(model: Any, rows: Sequence[JudgeRow], *, top_n: int = 50
     def embed_input(side: tuple[str, str]) -> EmbedInput:
         return EmbedInput(text=side[0] or None, image=resolve_image(side[1], root))
 
-    queries = model.encode([embed_input(row.query) for row in rows], batch_size=batch_size, normalize_embeddings=True)
-    targets = model.encode([embed_input(item) for item in pool_items], batch_size=batch_size,
-                           normalize_embeddings=True)
+    queries = _encode_shared(model, [embed_input(row.query) for row in rows], batch_size)
+    targets = _encode_shared(model, [embed_input(item) for item in pool_items], batch_size)
     similarity = np.asarray(queries, dtype=np.float32) @ np.asarray(targets, dtype=np.float32).T
     out = []
     for i, row in enumerate(rows):
@@ -105,15 +124,24 @@ def retrieve_candidates(model: Any, rows: Sequence[JudgeRow], *, top_n: int = 50
 def mine(retriever: str | Path | Any, judge: str | Path | Judge, data: str | Path, output: str | Path, *,
          image_root: str | Path | None = None, top_n: int = 50, keep: int = 8, beta: float = 0.01, cycle: int = 0,
          max_similarity: float | None = None, batch_size: int = 32, judge_batch_size: int = 8,
-         overwrite: bool = False, trust_remote_code: bool = False) -> Path:
+         overwrite: bool = False, trust_remote_code: bool = False, device: str | None = None) -> Path:
     """The whole mining run (module docstring) from the rows of ``data`` (a judge file; its hard
-    negatives, if any, are ignored) to ``output``; resumable through the files beside the output."""
+    negatives, if any, are ignored) to ``output``; resumable through the files beside the output.
+    ``device``: where the models compute (default: the retriever's loader's choice; the judge where
+    it was loaded).
+
+    In a torch.distributed group (``torchrun``) every rank calls it: the embedding and the judging are
+    split between the ranks (:func:`retrieve_candidates`, :func:`unime.judge.judge_file`), rank 0 writes
+    each file, the same bytes as one process, and the other ranks return once their share is judged."""
+    from unime.environment import rank_and_world_size
+
     output = Path(output)
     if output.exists() and not overwrite:
         raise ValueError(f"{output} exists (overwrite to replace it)")
     if keep <= 0:
         raise ValueError(f"keep must be positive, got {keep}")
     rows = read_judge_file(data)
+    rank = rank_and_world_size(environment=False)[0]
     candidates_path = output.with_name(output.stem + ".candidates.json")
     scored_path = output.with_name(output.stem + ".scored.json")
     if candidates_path.exists():
@@ -125,15 +153,20 @@ def mine(retriever: str | Path | Any, judge: str | Path | Judge, data: str | Pat
         from unime.modeling import load_model
 
         model = retriever if not isinstance(retriever, (str, Path)) else load_model(
-            str(retriever), trust_remote_code=trust_remote_code)
+            str(retriever), trust_remote_code=trust_remote_code, device=device)
         candidate_rows = retrieve_candidates(model, rows, top_n=top_n, image_root=image_root,
                                              max_similarity=max_similarity, batch_size=batch_size)
-        write_json_atomic(candidates_path, [row.to_json() for row in candidate_rows])
-        logger.info("mine: %d rows, up to %d candidates each -> %s", len(rows), top_n, candidates_path)
+        del model  # the judge needs the memory
+        if rank == 0:
+            write_json_atomic(candidates_path, [row.to_json() for row in candidate_rows])
+            logger.info("mine: %d rows, up to %d candidates each -> %s", len(rows), top_n, candidates_path)
     if not scored_path.exists():
-        judge_model = judge if isinstance(judge, Judge) else Judge(judge, trust_remote_code=trust_remote_code)
+        judge_model = judge if not isinstance(judge, (str, Path)) else Judge(
+            judge, trust_remote_code=trust_remote_code, device=device)
         judge_file(judge_model, candidates_path, scored_path, image_root=image_root, batch_size=judge_batch_size,
                    rows=candidate_rows)
+    if rank != 0:
+        return output
     scored = read_judge_file(scored_path)
     mined, dropped, short = [], 0, 0
     for row in scored:

@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--top-n candidates among all rows' positives with --model, score them and the positive with --judge, drop "
         "candidates scoring above the positive's score minus --beta (false negatives), and keep --keep of the rest by "
         "cyclic sampling (round --cycle). Writes a judge file with hard negatives and scores for unime tune --loss "
-        "unime-v2. Resumable: the candidates and their scores are kept beside the output.",
+        "unime-v2. Resumable: the candidates and their scores are kept beside the output. Under torchrun "
+        "--nproc-per-node N the embedding and the judging are split between the processes and process 0 writes "
+        "each file, the same files one process writes.",
     )
     parser.add_argument("--model", required=True, help="the retriever: a unime model folder or hub id")
     parser.add_argument("--judge", required=True, help="the judge: a model with an LM head (see unime judge)")
@@ -30,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="leave out candidates whose retrieval cosine is at or above this (default: off)")
     parser.add_argument("--batch-size", type=int, default=32, help="inputs per batch when embedding")
     parser.add_argument("--judge-batch-size", type=int, default=8, help="pairs per batch when judging")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... for both models (default: the GPU "
+                        "when there is one; under torchrun cuda:LOCAL_RANK)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the models' hub remote code")
     parser.set_defaults(func=run)
@@ -51,9 +55,13 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.output).exists() and not args.overwrite:
         raise ValueError(f"{args.output} exists (overwrite to replace it)")
     check_model_name(args.judge, option="--judge")
+    from unime.environment import default_device, join_torchrun_group, rank_device
+
+    rank, _ = join_torchrun_group()
     out = mine(args.model, args.judge, args.data, args.output, image_root=args.image_root, top_n=args.top_n,
                keep=args.keep, beta=args.beta, cycle=args.cycle, max_similarity=args.max_similarity,
                batch_size=args.batch_size, judge_batch_size=args.judge_batch_size, overwrite=args.overwrite,
-               trust_remote_code=args.trust_remote_code)
-    print(f"wrote {out}")
+               trust_remote_code=args.trust_remote_code, device=rank_device(args.device) or default_device())
+    if rank == 0:
+        print(f"wrote {out}")
     return 0
