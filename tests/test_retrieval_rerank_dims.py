@@ -1,7 +1,8 @@
 """``unime eval retrieval`` with a judge (``--rerank``: the top k of each query in both directions
 re-ordered by the judge's yes-probability) and over Matryoshka sizes (``--dimensions`` with several
-sizes: one table, each row that of a run at that size alone): by hand with a stand-in judge, and end
-to end with the seeing default's aligned base as embedder and judge, and a tiny Qwen2-VL."""
+sizes: one table, each row that of a run at that size alone, also for ``unime eval mmeb``): by hand
+with a stand-in judge, and end to end with the seeing default's aligned base as embedder and judge,
+and a tiny Qwen2-VL."""
 
 from __future__ import annotations
 
@@ -171,3 +172,40 @@ def test_a_dimensions_table_row_is_the_run_at_that_size(tiny_model_factory, tmp_
     assert "dimensions 999 exceeds" in capsys.readouterr().err
     assert main([*base, "--dimensions", "8", "16", "--rerank", model]) == 2
     assert "--rerank with several --dimensions" in capsys.readouterr().err
+
+
+def test_an_mmeb_dimensions_table_row_is_the_run_at_that_size(tiny_model_factory, tmp_path, monkeypatch, capsys):
+    from eval_fixtures import write_mmeb_suite
+
+    from unime.cli import main
+    from unime.evaluation.encoding import CachedEncoder
+
+    model = str(tiny_model_factory("qwen2_vl"))
+    data_dir, image_dir = write_mmeb_suite(tmp_path)
+    base = ["eval", "mmeb", "--model", model, "--data-dir", str(data_dir), "--image-dir", str(image_dir),
+            "--dtype", "float32", "--batch-size", "8", "--no-progress"]
+    encoded = []
+    encode = CachedEncoder._encode_shared
+    monkeypatch.setattr(CachedEncoder, "_encode_shared",
+                        lambda self, items, *a: (encoded.extend(items), encode(self, items, *a))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sizes the tiny model was not trained at
+        assert main([*base, "--output", str(tmp_path / "table.json"), "--dimensions", "1", "16", "64"]) == 0
+        in_table, encoded[:] = len(encoded), []
+        table = json.loads((tmp_path / "table.json").read_text())["metrics"]
+        assert "| Dimensions | " in (tmp_path / "table.md").read_text()
+        rows = {}
+        for size in (1, 16, 64):
+            assert main([*base, "--output", str(tmp_path / f"d{size}.json"), "--dimensions", str(size)]) == 0
+            single = json.loads((tmp_path / f"d{size}.json").read_text())["metrics"]
+            prefix = f"mmeb/dimensions/{size}/"
+            rows[size] = {key[len(prefix):]: value for key, value in table.items() if key.startswith(prefix)}
+            assert rows[size] == {key[len("mmeb/"):]: value for key, value in single.items()}
+            # The table encoded what one run at one size encodes: each dataset's inputs once.
+            assert len(encoded) == in_table
+            encoded[:] = []
+    assert rows[1] != rows[64]  # a size of 1 leaves cosines of +-1: the rows are not one copied
+    capsys.readouterr()
+    assert main([*base, "--output", str(tmp_path / "x.json"), "--dimensions", "8", "16", "--save-scores",
+                 str(tmp_path / "s")]) == 2
+    assert "--rerank and --save-scores take one size" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tasks.required = True
 
     mmeb = tasks.add_parser("mmeb", help="MMEB-eval precision@1 and the paper's table")
-    _model_options(mmeb)
+    _model_options(mmeb, several_dimensions=True)
     mmeb.add_argument(
         "--data-dir", required=True, help="local TIGER-Lab/MMEB-eval: one folder of parquet per dataset"
     )
@@ -346,9 +346,22 @@ def run_mmeb_command(args: argparse.Namespace) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else output.with_suffix(".cache")
     groups = read_groups(args.groups) if args.groups else None
     _check_rerank(args)
+    table = args.dimensions if args.dimensions is not None and len(args.dimensions) > 1 else None
+    if table and (args.rerank or args.save_scores):
+        raise CLIError("--rerank and --save-scores take one size: give --dimensions once")
     # Reranking reads every data set's score matrix: kept where asked, else beside the cache.
     scores_dir = Path(args.save_scores) if args.save_scores else cache_dir / "scores"
     model = _load_model(args)
+    if table:
+        from unime.evaluation.runner import run_mmeb_dimensions
+
+        metrics = run_mmeb_dimensions(
+            model, args.data_dir, args.image_dir, cache_dir, table, names=split_names(args.datasets),
+            model_id=model_identity(args.model), batch_size=args.batch_size, chunk_size=args.chunk_size,
+            overwrite=args.overwrite, show_progress_bar=not args.no_progress, groups=groups, protocol=protocol)
+        config = {"data_dir": args.data_dir, "image_dir": args.image_dir, "datasets": split_names(args.datasets),
+                  "cache_dir": str(cache_dir), "protocol": protocol.describe(model)}
+        return _finish(args, "mmeb", metrics, config)
     metrics = run_mmeb(
         model,
         args.data_dir,

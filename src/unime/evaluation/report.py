@@ -128,7 +128,10 @@ def mmeb_markdown(metrics: Mapping[str, float | None]) -> str:
 def markdown_report(task: str, metrics: Mapping[str, float | None]) -> str:
     """The markdown table of one task's metrics."""
     if task == "mmeb":
-        return mmeb_markdown(metrics)
+        sizes = {key: value for key, value in metrics.items() if key.startswith("mmeb/dimensions/")}
+        rest = {key: value for key, value in metrics.items() if key not in sizes}
+        return "\n".join(([mmeb_markdown(rest)] if rest else []) +
+                         ([dimensions_markdown(sizes, "mmeb")] if sizes else []))
     if task == "mmeb-v2":
         from unime.evaluation.mmeb_v2 import metrics_table
 

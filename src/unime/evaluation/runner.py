@@ -9,7 +9,8 @@ sharded by the wrapper and only rank 0 writes.
 
 A protocol (:class:`~unime.evaluation.mmeb.MMEBProtocol`) changes the embeddings, so it is part
 of the cache's model identity: a run in another protocol never reuses them. ``save_scores``
-writes each dataset's cosine scores as ``<dir>/<dataset>.npy``.
+writes each dataset's cosine scores as ``<dir>/<dataset>.npy``. :func:`run_mmeb_dimensions` scores
+several Matryoshka sizes from one set of full-size embeddings.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unime.evaluation.encoding import CachedEncoder, distributed_world, is_main_process
+from unime.evaluation.encoding import (
+    CachedEncoder,
+    deduplicate,
+    distributed_world,
+    encode_checked,
+    is_main_process,
+)
 from unime.evaluation.mmeb import (
     MMEBProtocol,
+    candidate_scores,
     discover_mmeb,
     load_mmeb_dataset,
     mmeb_dataset_scores,
@@ -181,3 +189,55 @@ def run_mmeb(
             store.mkdir(parents=True, exist_ok=True)
             write_json_atomic(store / RESULT_FILE, record)
     return summarize_mmeb(scores, groups)
+
+
+def run_mmeb_dimensions(
+    model: Any,
+    data_dir: str | os.PathLike[str],
+    image_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str],
+    dimensions: Sequence[int],
+    *,
+    names: Sequence[str] | None = None,
+    model_id: str = "",
+    batch_size: int = 32,
+    chunk_size: int = 1024,
+    overwrite: bool = False,
+    show_progress_bar: bool = False,
+    groups: dict[str, tuple[str, str]] | None = None,
+    protocol: MMEBProtocol | None = None,
+) -> dict[str, float]:
+    """:func:`run_mmeb` at each of the Matryoshka sizes ``dimensions``: every input is embedded once at
+    the model's full size (cached as a full-size run caches it) and each size's scores come from the
+    first N values of those embeddings, L2-normalised again, as the model set to N returns them.
+    Returns ``mmeb/dimensions/<N>/...``: each size's :func:`summarize_mmeb` metrics."""
+    from unime.evaluation.retrieval import truncated_rows
+
+    if getattr(model, "dimensions", None) is not None:
+        raise ValueError(f"the model is set to {model.dimensions} dimensions: a table over sizes starts from the "
+                         "full size")
+    data_dir, image_dir, cache_dir = Path(data_dir), Path(image_dir), Path(cache_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"MMEB image folder {image_dir} does not exist (--image-dir)")
+    identity = cache_identity(model_id, protocol, model)
+    ties = protocol.tie_rule if protocol is not None else "strict"
+    scores: dict[int, dict[str, float]] = {size: {} for size in dimensions}
+    for name in discover_mmeb(data_dir, names):
+        store = cache_dir / name
+        if overwrite and store.exists() and is_main_process():
+            shutil.rmtree(store)
+        _barrier()
+        dataset = load_mmeb_dataset(data_dir / name, image_dir, name)
+        encoder = CachedEncoder(model, store, model_id=identity, chunk_size=chunk_size)
+        unique, inverse = deduplicate([*dataset.queries, *dataset.pool])
+        with using_protocol(model, protocol):
+            embeddings = encode_checked(encoder, unique, batch_size, show_progress_bar)
+        n = len(dataset.queries)
+        for size in dimensions:
+            cut = truncated_rows(embeddings, size)
+            scores[size][name] = precision_from_scores(
+                candidate_scores(cut[inverse[:n]], cut[inverse[n:]], dataset.targets), ties)
+        logger.info("MMEB %s: precision@1 %s at sizes %s", name,
+                    ", ".join(f"{scores[size][name]:.2f}" for size in dimensions), ", ".join(map(str, dimensions)))
+    return {key.replace("mmeb/", f"mmeb/dimensions/{size}/", 1): value
+            for size in dimensions for key, value in summarize_mmeb(scores[size], groups).items()}
