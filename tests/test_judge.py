@@ -259,3 +259,59 @@ def test_unime_judge_under_torchrun_writes_the_one_process_file(judge, default_d
     assert "judge: 3/3 rows of shard 0/2" in done.stderr and "judge: 2/2 rows of shard 1/2" in done.stderr
     assert out.read_bytes() == whole.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.json", "two.json", "whole.json"]
+
+
+# One process of `torchrun -m`-like launch of `unime judge`: process 1 SIGKILLs itself at its second
+# group (after its first group's scores were saved), which makes torchrun stop the job.
+_KILLING_LAUNCHER = """
+import os, signal, sys
+from unime.judge import Judge
+
+if os.environ["RANK"] == "1":
+    score, calls = Judge.score, []
+
+    def killing(self, pairs, batch_size=8):
+        calls.append(len(pairs))
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return score(self, pairs, batch_size)
+
+    Judge.score = killing
+from unime.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_killed_process_of_unime_judge_resumes_its_own_share(judge, default_dir, tmp_path):
+    """Process 1 of 2 killed after its first group: the job stops; the same command run again scores
+    only what each process had left and writes the one-process file."""
+    import os
+
+    from process_helpers import run_torchrun
+
+    data, root = _sharding_rows(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = judge_file(judge, data, tmp_path / "whole.json", image_root=root, batch_size=2)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "two.json"
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(_KILLING_LAUNCHER)
+    # Groups at batch 2 are single rows: process 0 has rows 0, 2 and 4, process 1 rows 1 and 3.
+    arguments = ["judge", "--model", str(default_dir), "--data", str(data), "--output", str(out), "--image-root",
+                 root, "--batch-size", "2", "--save-every", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = run_torchrun([str(launcher), *arguments], env=env, timeout=300)
+    assert killed.returncode != 0 and not out.exists()
+    state = json.loads((tmp_path / "two.json.shard-1-of-2.partial.json").read_text())
+    assert list(state["scores"]) == ["1"] and not state["complete"]
+    done = run_torchrun(["-m", "unime", *arguments], env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-8000:]
+    assert "judge: 1 of 5 rows already scored" in done.stderr
+    assert "judge: 2/2 rows of shard 1/2" in done.stderr
+    assert out.read_bytes() == whole.read_bytes()
+    assert not list(tmp_path.glob("*.partial.json"))
