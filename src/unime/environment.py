@@ -19,11 +19,14 @@ import platform
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.version import InvalidVersion, Version
 
 from unime.choices import BF16_SETTINGS, DTYPES
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +192,26 @@ def rank_device(device: str | None) -> str | None:
     import torch
 
     return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+
+
+def all_gather_rows(local: np.ndarray, total: int, per_rank: int) -> np.ndarray:
+    """Concatenate every rank's ``local`` rows (rank order) and keep the first ``total`` rows: each rank
+    embeds a contiguous share of at most ``per_rank`` rows (the evaluators, mining), every rank gets all."""
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    # A rank whose shard is empty does not know d: agree on it first.
+    dim = torch.tensor([local.shape[1] if local.size else 0], device=device)
+    dist.all_reduce(dim, op=dist.ReduceOp.MAX)
+    padded = torch.zeros(per_rank, int(dim.item()), dtype=torch.float32, device=device)
+    if local.size:
+        padded[: local.shape[0]] = torch.from_numpy(local).to(device)
+    shards = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(shards, padded)
+    return torch.cat(shards).cpu().numpy()[:total]
 
 
 def cpu_capability() -> str:

@@ -79,13 +79,13 @@ def _encode_shared(model: Any, inputs: list[Any], batch_size: int) -> np.ndarray
         return np.asarray(model.encode(inputs, batch_size=batch_size, normalize_embeddings=True), dtype=np.float32)
     import math
 
-    from unime.evaluation.encoding import _all_gather_rows
+    from unime.environment import all_gather_rows
 
     per_rank = math.ceil(len(inputs) / world)
     share = inputs[rank * per_rank:(rank + 1) * per_rank]
     local = (np.asarray(model.encode(share, batch_size=batch_size, normalize_embeddings=True), dtype=np.float32)
              if share else np.zeros((0, 0), dtype=np.float32))
-    return _all_gather_rows(local, len(inputs), per_rank)
+    return all_gather_rows(local, len(inputs), per_rank)
 
 
 def retrieve_candidates(model: Any, rows: Sequence[JudgeRow], *, top_n: int = 50, image_root: str | Path | None = None,

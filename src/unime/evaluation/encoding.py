@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from unime.environment import rank_and_world_size
+from unime.environment import all_gather_rows, rank_and_world_size
 from unime.evaluation.common import EvalInput, input_key
 from unime.io.integrity import CorruptFileError, atomic_path, check_file, file_entry, write_json_atomic
 
@@ -87,25 +87,6 @@ def distributed_world() -> tuple[int, int]:
 def is_main_process() -> bool:
     """True on rank 0 (or without torch.distributed): the one process that writes files."""
     return distributed_world()[0] == 0
-
-
-def _all_gather_rows(local: np.ndarray, total: int, per_rank: int) -> np.ndarray:
-    """Concatenate every rank's ``local`` rows (rank order) and keep the first ``total`` rows."""
-    import torch
-    import torch.distributed as dist
-
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    # A rank whose shard is empty does not know d: agree on it first.
-    dim = torch.tensor([local.shape[1] if local.size else 0], device=device)
-    dist.all_reduce(dim, op=dist.ReduceOp.MAX)
-    padded = torch.zeros(per_rank, int(dim.item()), dtype=torch.float32, device=device)
-    if local.size:
-        padded[: local.shape[0]] = torch.from_numpy(local).to(device)
-    shards = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
-    dist.all_gather(shards, padded)
-    return torch.cat(shards).cpu().numpy()[:total]
 
 
 class CachedEncoder:
@@ -233,7 +214,7 @@ class CachedEncoder:
         mine = items[rank * per_rank : (rank + 1) * per_rank]
         local = encode_checked(self.model, mine, batch_size, show_progress_bar) if mine else np.zeros((0, 0))
         self.encoded += len(mine)
-        return _all_gather_rows(local, len(items), per_rank)
+        return all_gather_rows(local, len(items), per_rank)
 
     def encode(
         self, inputs: Sequence[EvalInput], batch_size: int = 32, show_progress_bar: bool = False, **_: Any
