@@ -39,17 +39,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import unime
+def require_faiss() -> None:
+    """The commands' check that FAISS is installed, before anything is read or loaded."""
     from unime.cli import CLIError
-    from unime.environment import resolve_dtype
-    from unime.index import _faiss, build_index, check_output, check_unique_ids, folder_items, read_items
+    from unime.index import _faiss
+
+    try:
+        _faiss()
+    except ImportError as error:
+        raise CLIError(str(error)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from unime.cli import CLIError
+    from unime.index import check_output
 
     if args.embeddings is not None:
-        return _from_bulk(args)
-    if args.model is None:
+        if args.input is not None or args.images is not None or args.model is not None or args.dimensions is not None:
+            raise CLIError("--embeddings takes the model, rows and size of its bulk job: drop --model, --input, "
+                           "--images and --dimensions")
+    elif args.model is None:
         raise CLIError("--model is required (unless --embeddings names a bulk job's folder)")
-    if args.input is None and args.images is None:
+    elif args.input is None and args.images is None:
         raise CLIError("give --input rows.jsonl, --images FOLDER, or both (or --embeddings DIR)")
     if args.batch_size <= 0:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
@@ -57,10 +68,20 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--dimensions must be positive, got {args.dimensions}")
     output = Path(args.output)
     check_output(output, args.overwrite)
-    try:
-        _faiss()
-    except ImportError as error:
-        raise CLIError(str(error)) from None
+    require_faiss()
+    if args.embeddings is not None:
+        _from_bulk(args, output)
+    else:
+        _from_model(args, output)
+    _report(output)
+    return 0
+
+
+def _from_model(args: argparse.Namespace, output: Path) -> None:
+    import unime
+    from unime.environment import resolve_dtype
+    from unime.index import build_index, check_unique_ids, folder_items, read_items
+
     items = (read_items(args.input) if args.input else []) + (folder_items(args.images) if args.images else [])
     check_unique_ids(items)
     model = unime.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device,
@@ -69,28 +90,14 @@ def run(args: argparse.Namespace) -> int:
         model.set_dimensions(args.dimensions)
     build_index(model, items, output, model_name=args.model, kind=args.kind, batch_size=args.batch_size,
                 overwrite=args.overwrite, show_progress_bar=not args.no_progress)
-    _report(output)
-    return 0
 
 
-def _from_bulk(args: argparse.Namespace) -> int:
-    from unime.cli import CLIError
-    from unime.index import _faiss, bulk_items, check_output, write_index
+def _from_bulk(args: argparse.Namespace, output: Path) -> None:
+    from unime.index import bulk_items, write_index
 
-    if args.input is not None or args.images is not None or args.model is not None or args.dimensions is not None:
-        raise CLIError("--embeddings takes the model, rows and size of its bulk job: drop --model, --input, "
-                       "--images and --dimensions")
-    output = Path(args.output)
-    check_output(output, args.overwrite)
-    try:
-        _faiss()
-    except ImportError as error:
-        raise CLIError(str(error)) from None
     items, vectors, manifest = bulk_items(args.embeddings)
     write_index(vectors, items, output, kind=args.kind, model_name=manifest["model"], mode=manifest.get("mode"),
                 truncated_to=manifest.get("dimensions"), overwrite=args.overwrite)
-    _report(output)
-    return 0
 
 
 def _report(output: Path) -> None:

@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     import unime
     from unime.cli import CLIError
+    from unime.cli.index import require_faiss
     from unime.environment import resolve_dtype
-    from unime.index import _faiss, open_index
+    from unime.index import open_index
     from unime.inputs import to_input
     from unime.model_names import check_model_name
 
@@ -49,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--top-k must be positive, got {args.top_k}")
     if args.image is not None and not Path(args.image).is_file():
         raise CLIError(f"--image {args.image}: file not found")
-    try:
-        _faiss()
-    except ImportError as error:
-        raise CLIError(str(error)) from None
+    require_faiss()
     index = open_index(args.index)
     model_name = args.model or index.model
     check_model_name(model_name, option="--model" if args.model else f"the model of {args.index}")

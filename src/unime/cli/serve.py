@@ -120,12 +120,10 @@ def handler(args: argparse.Namespace) -> int:
 
     index = None
     if args.index:  # checked before the model loads: a bad index costs nothing
-        from unime.index import _faiss, open_index
+        from unime.cli.index import require_faiss
+        from unime.index import open_index
 
-        try:
-            _faiss()
-        except ImportError as error:
-            raise CLIError(str(error)) from None
+        require_faiss()
         index = open_index(args.index)
 
     import unime
